@@ -1,0 +1,333 @@
+"""The `pagesync` command line: a thin Typer layer over the library modules."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import display, jobstate, store
+from .config import Settings
+
+app = typer.Typer(help="pagesync: sync, process and watch browser-activity data.",
+                  no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Inspect, retry and discard failed jobs.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(jobs_app, name="jobs")
+console = Console()
+err = Console(stderr=True)
+
+Db = Annotated[Optional[str], typer.Option("--db", help="SQLite database file [env: PAGESYNC_DB; default pagesync.db]")]
+Queue = Annotated[Optional[str], typer.Option(
+    "--queue", help="Queue: 'sqlite' (a file beside the database), sqlite:///FILE or "
+                    "redis://HOST:PORT/DB [env: PAGESYNC_QUEUE]")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def settings(db: str | None = None, queue: str | None = None, **more) -> Settings:
+    return Settings.from_env(db=db, queue=queue, **more)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)])
+    logging.getLogger("huey").setLevel(logging.WARNING)
+    logging.getLogger("pagesync.jobs").setLevel(logging.WARNING if level == "INFO" else level)
+
+
+def conn_for(s: Settings):
+    store.init_db(s.db)
+    return store.connect(s.db)
+
+
+def fail(message: str, code: int = 1):
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- serve / worker
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    db: Db = None, queue: Queue = None,
+    threads: Annotated[int, typer.Option(help="Request-handling threads.")] = 16,
+    dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "
+                                      "needs no login on loopback.")] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+):
+    """Run the HTTP server: POST /api/v1/data/sync, stats, /jobs dashboard, health."""
+    from .web import serve as run
+
+    setup_logging(log_level.upper())
+    s = settings(db, queue, dev=True if dev else None)
+    run(s, host, port, threads)
+
+
+@app.command()
+def worker(
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Concurrent workers.")] = 2,
+    kind: Annotated[str, typer.Option("--kind", help="thread or process.")] = "thread",
+    db: Db = None, queue: Queue = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+):
+    """Run the job consumer (Huey) until SIGTERM or Ctrl-C; in-flight jobs finish first."""
+    from .worker import run_worker
+
+    if kind not in ("thread", "process"):
+        fail("--kind must be thread or process", 2)
+    setup_logging(log_level.upper())
+    run_worker(settings(db, queue), workers, kind)
+
+
+# ---------------------------------------------------------------- replay
+
+@app.command()
+def replay(
+    files: Annotated[list[Path], typer.Argument(help="Payload files (JSON object, list of objects, "
+                                                "or JSON lines; .gz accepted). Directories: their *.json.")],
+    url: Annotated[str, typer.Option(envvar="PAGESYNC_URL", help="Server base URL.")] = "http://127.0.0.1:8000",
+    token: Annotated[Optional[str], typer.Option(envvar="PAGESYNC_TOKEN", help="Bearer token.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Records per request (max 1000).", min=1, max=1000)] = 1000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight (the extension uses 1).", min=1)] = 1,
+    gzip_body: Annotated[bool, typer.Option("--gzip", help="Send gzip-compressed bodies.")] = False,
+    retries: Annotated[int, typer.Option(help="Retries per request on 429/503/connection errors.")] = 5,
+    as_json: AsJson = False,
+):
+    """POST payload files to a server like the extension does, with progress and a summary.
+    Exits 1 if any request failed."""
+    from . import replay as R
+
+    if not token:
+        fail("a token is needed: --token or PAGESYNC_TOKEN (create one with `pagesync token create NAME`)", 2)
+    paths = expand_paths(files)
+    try:
+        reqs = R.plan(paths, batch_size)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read payloads: {exc}", 2)
+    sender = R.Sender(url, token, retries=retries, gzip_body=gzip_body)
+    total = sum(r.records for r in reqs)
+    with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+                  TimeRemainingColumn(), console=err, disable=as_json) as progress:
+        bar = progress.add_task("records", total=total)
+        result = R.replay(reqs, sender, concurrency, lambda req: progress.advance(bar, req.records))
+    if as_json:
+        console.print_json(json.dumps({k: getattr(result, k) for k in (
+            "requests_ok", "requests_failed", "visits", "aggregates", "jobs", "warnings",
+            "rejected", "failures", "seconds")}))
+    else:
+        console.print(display.replay_summary(result))
+    raise typer.Exit(1 if result.requests_failed else 0)
+
+
+def expand_paths(files: list[Path]) -> list[Path]:
+    out = []
+    for f in files:
+        if f.is_dir():
+            out.extend(sorted(p for p in f.iterdir() if p.suffix in (".json", ".gz", ".jsonl")))
+        elif f.exists():
+            out.append(f)
+        else:
+            fail(f"no such file: {f}", 2)
+    return out
+
+
+# ---------------------------------------------------------------- watch
+
+@app.command()
+def watch(
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    as_json: AsJson = False,
+    db: Db = None, queue: Queue = None,
+):
+    """Live table of the queue: depth, jobs by state per task, throughput, workers, failures."""
+    from .monitor import snapshot
+    from .queue import make_huey
+
+    s = settings(db, queue)
+    conn, huey = conn_for(s), make_huey(s)
+    if once:
+        snap = snapshot(conn, huey, s.worker_heartbeat)
+        if as_json:
+            print(json.dumps(snap, default=str))
+        else:
+            console.print(display.snapshot_view(snap))
+        return
+    try:
+        with Live(display.snapshot_view(snapshot(conn, huey, s.worker_heartbeat)), console=console,
+                  refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(display.snapshot_view(snapshot(conn, huey, s.worker_heartbeat)))
+    except KeyboardInterrupt:
+        pass
+
+
+# ---------------------------------------------------------------- tokens
+
+@token_app.command("create")
+def token_create(name: Annotated[str, typer.Argument(help="User the token belongs to.")], db: Db = None):
+    """Create a token for NAME (the user is created if new). The token is shown once."""
+    if not name.strip() or len(name) > 100:
+        fail("NAME must be 1 to 100 characters", 2)
+    token = store.create_token(conn_for(settings(db)), name.strip())
+    err.print(f"Token for [bold]{name}[/] (shown once, store it now):")
+    print(token)
+
+
+@token_app.command("list")
+def token_list(db: Db = None, as_json: AsJson = False):
+    """List tokens (prefixes only: tokens are stored hashed)."""
+    rows = store.list_tokens(conn_for(settings(db)))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("user", "token", "created", "last used", "status")
+    for r in rows:
+        table.add_row(r["name"], r["prefix"] + "…", fmt_time(r["created_at"]),
+                      fmt_time(r["last_used_at"]), "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="User whose tokens to revoke.")], db: Db = None):
+    """Revoke every token of NAME, effective at once."""
+    n = store.revoke_tokens(conn_for(settings(db)), name)
+    if not n:
+        fail(f"no active token for {name!r}")
+    console.print(f"Revoked {n} token(s) of {name}.")
+
+
+def fmt_time(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+# ---------------------------------------------------------------- jobs
+
+@jobs_app.command("failed")
+def jobs_failed(db: Db = None, as_json: AsJson = False,
+                limit: Annotated[int, typer.Option(help="At most this many.")] = 100):
+    """List failed jobs (the dead list) with their errors."""
+    rows = jobstate.failed_jobs(conn_for(settings(db)), limit)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        console.print("No failed jobs.")
+        return
+    table = Table("id", "task", "user", "attempts", "failed at", "error", title="Failed jobs")
+    for r in rows:
+        table.add_row(r["id"], r["task"], r["user"], str(r["attempts"]), fmt_time(r["finished_at"]),
+                      r["error"] or "")
+    console.print(table)
+
+
+def _ids_or_all(ids: list[str] | None, all_: bool) -> list | None:
+    if all_ == bool(ids):
+        fail("give job ids or --all (not both)", 2)
+    return None if all_ else ids
+
+
+@jobs_app.command("retry")
+def jobs_retry(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids from `jobs failed`.")] = None,
+               all_: Annotated[bool, typer.Option("--all", help="Every failed job.")] = False,
+               db: Db = None, queue: Queue = None, as_json: AsJson = False):
+    """Put failed jobs back on the queue with fresh attempts."""
+    from .queue import deliver, make_huey
+
+    s = settings(db, queue)
+    conn = conn_for(s)
+    try:
+        jobs = jobstate.retry(conn, _ids_or_all(ids, all_))
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    delivered = deliver(conn, make_huey(s), jobs)
+    if as_json:
+        print(json.dumps({"retried": len(jobs), "enqueued": delivered}))
+    else:
+        console.print(f"Retrying {len(jobs)} job(s)" + ("" if delivered else
+                      " (queue unreachable: the worker's reconciler will enqueue them)"))
+
+
+@jobs_app.command("discard")
+def jobs_discard(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids from `jobs failed`.")] = None,
+                 all_: Annotated[bool, typer.Option("--all", help="Every failed job.")] = False,
+                 db: Db = None, as_json: AsJson = False):
+    """Drop failed jobs from the failed list (their records stay stored)."""
+    try:
+        n = jobstate.discard(conn_for(settings(db)), _ids_or_all(ids, all_))
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    print(json.dumps({"discarded": n})) if as_json else console.print(f"Discarded {n} job(s).")
+
+
+# ---------------------------------------------------------------- stats
+
+@app.command()
+def stats(
+    user: Annotated[Optional[str], typer.Option(help="Only this user (default: everyone).")] = None,
+    date: Annotated[Optional[str], typer.Option(help="Last day, YYYY-MM-DD (default: today).")] = None,
+    days: Annotated[int, typer.Option(help="Number of days ending at --date.", min=1)] = 1,
+    by: Annotated[str, typer.Option(help="host or site.")] = "host",
+    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
+    db: Db = None, as_json: AsJson = False,
+):
+    """Time per host (or site) from the processed rollups, with totals."""
+    from . import processing
+    from . import stats as S
+
+    s = settings(db)
+    conn = conn_for(s)
+    last = date or processing.day_of(int(time.time() * 1000), s.timezone)
+    try:
+        first, last = S.day_range(last, days)
+    except ValueError:
+        fail(f"--date must be YYYY-MM-DD, got {last!r}", 2)
+    if by not in ("host", "site"):
+        fail("--by must be host or site", 2)
+    user_id = None
+    if user:
+        user_id = store.user_id_by_name(conn, user)
+        if user_id is None:
+            fail(f"no user {user!r}")
+    rows = S.figures(conn, user_id, first, last, by)[:limit]
+    if as_json:
+        print(json.dumps({"from": first, "to": last, "timezone": s.timezone, "by": by, "rows": rows}))
+        return
+    span = first if first == last else f"{first} to {last}"
+    console.print(display.stats_table(rows, f"{span} ({s.timezone})" + (f", {user}" if user else ""), by))
+
+
+# ---------------------------------------------------------------- demo
+
+@app.command()
+def demo(
+    payloads: Annotated[Path, typer.Option(help="Folder of payload files.")] = Path("sample_payloads"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo database goes (emptied first).")] = Path(".demo"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 120.0,
+):
+    """Run everything end to end on a fresh database: server, worker, replay, summary."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(payloads, workdir, timeout, console))
+
+
+def main():  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

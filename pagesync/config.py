@@ -1,0 +1,78 @@
+"""Settings shared by every command: flags override PAGESYNC_* environment variables,
+which override the embedded defaults (one SQLite file, SQLite queue beside it)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+ENV_PREFIX = "PAGESYNC_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str = "pagesync.db"
+    # "sqlite" (a queue file beside the database), "sqlite:///path/queue.db",
+    # or "redis://host:port/db".
+    queue: str = "sqlite"
+    timezone: str = "UTC"
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_records: int = 1000
+    max_json_depth: int = 32
+    rate_limit_per_minute: int = 600
+    retries: int = 10
+    retry_base_delay: float = 2.0
+    reconcile_interval: float = 30.0
+    lost_after: float = 120.0
+    worker_heartbeat: float = 2.0
+    shutdown_timeout: float = 30.0
+    failed_keep: int = 10000
+    dashboard_user: str = ""
+    dashboard_password: str = ""
+    secret: str = ""
+    dev: bool = False
+    fault: str = ""  # test-only fault switch, e.g. "exit-after-commit"
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_env(self) -> dict:
+        """The environment that hands these settings to a child process."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def queue_kind(self) -> str:
+        return "redis" if self.queue.startswith(("redis://", "rediss://", "unix://")) else "sqlite"
+
+    @property
+    def queue_path(self) -> str:
+        """File of the SQLite queue: explicit, or `<db>-queue.db` beside the database."""
+        if self.queue.startswith("sqlite:///"):
+            return self.queue[len("sqlite:///"):]
+        p = Path(self.db)
+        return str(p.with_name(p.stem + "-queue" + (p.suffix or ".db")))
+
+    def describe_queue(self) -> str:
+        return self.queue if self.queue_kind == "redis" else f"sqlite:///{self.queue_path}"
+
+
+def _coerce(f, raw: str):
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "bool":
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw

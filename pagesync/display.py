@@ -1,0 +1,152 @@
+"""Rich renderings shared by the CLI commands: snapshot tables, replay and stats summaries."""
+from __future__ import annotations
+
+from collections import Counter
+
+from rich import box
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .store import TASKS
+
+STATE_STYLE = {"queued": "cyan", "running": "yellow", "retrying": "magenta", "done": "green",
+               "failed": "red"}
+
+
+def snapshot_view(snap: dict) -> Group:
+    """The live `watch` screen: queue, jobs per task, throughput, workers, failures."""
+    depth = snap["queue_depth"]
+    head = Text.assemble(
+        ("Queue depth ", "bold"), (str(depth) if depth >= 0 else "unreachable",
+                                   "bold cyan" if depth >= 0 else "bold red"),
+        ("   scheduled retries ", "bold"), (str(max(snap.get("scheduled", 0), 0)), "magenta"),
+        ("   throughput ", "bold"), (f"{snap['throughput']['done_per_second']:.1f} jobs/s", "green"),
+        ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"))
+    tasks = Table(title="Jobs by state", box=box.SIMPLE_HEAVY, expand=False)
+    tasks.add_column("task", style="bold")
+    for state, style in STATE_STYLE.items():
+        tasks.add_column(state, justify="right", style=style)
+    for task in TASKS:
+        counts = snap["tasks"][task]
+        tasks.add_row(task, *(str(counts[s]) for s in STATE_STYLE))
+    totals = snap["totals"]
+    tasks.add_row("total", *(str(totals[s]) for s in STATE_STYLE), style="bold")
+    parts = [head, tasks, workers_table(snap), in_flight_table(snap), failures_table(snap)]
+    return Group(*[p for p in parts if p is not None])
+
+
+def workers_table(snap: dict) -> Table:
+    table = Table(title="Workers", box=box.SIMPLE, expand=False)
+    for col in ("name", "pid", "threads", "queue", "state", "seen"):
+        table.add_column(col)
+    for w in snap["workers"]:
+        style = {"alive": "green", "lost": "red"}.get(w["state"], "dim")
+        table.add_row(w["name"], str(w["pid"]), f"{w['concurrency']} {w['kind']}", w["queue"],
+                      Text(w["state"], style=style), f"{w['last_seen_seconds_ago']:.0f}s ago")
+    if not snap["workers"]:
+        table.add_row("no worker seen in the last 5 minutes", "", "", "", "", "")
+    return table
+
+
+def in_flight_table(snap: dict) -> Table | None:
+    if not snap["in_flight"]:
+        return None
+    table = Table(title="In flight", box=box.SIMPLE, expand=False)
+    for col in ("task", "record", "attempt", "age", "worker"):
+        table.add_column(col)
+    for j in snap["in_flight"][:10]:
+        table.add_row(j["task"], j["record_id"], str(j["attempts"]), f"{j['age_seconds']:.1f}s",
+                      j["worker"] or "")
+    return table
+
+
+def failures_table(snap: dict) -> Table | None:
+    if not snap["recent_failures"]:
+        return None
+    table = Table(title="Recent failures", box=box.SIMPLE, expand=False)
+    for col in ("task", "record", "state", "attempts", "error"):
+        table.add_column(col)
+    for f in snap["recent_failures"]:
+        table.add_row(f["task"], f["record_id"], Text(f["state"], style=STATE_STYLE.get(f["state"])),
+                      str(f["attempts"]), Text(str(f["error"] or "")[:80]))
+    return table
+
+
+def replay_summary(result) -> Group:
+    table = Table(title="Replay summary", box=box.SIMPLE_HEAVY, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("page visits stored", str(result.visits))
+    table.add_row("tab aggregates stored", str(result.aggregates))
+    table.add_row("records rejected", Text(str(len(result.rejected)), style="red" if result.rejected else ""))
+    table.add_row("warnings", str(result.warnings))
+    table.add_row("jobs enqueued", str(result.jobs))
+    table.add_row("requests ok", str(result.requests_ok))
+    table.add_row("requests failed", Text(str(result.requests_failed),
+                                          style="bold red" if result.requests_failed else ""))
+    rate = result.stored / result.seconds if result.seconds else 0
+    table.add_row("time", f"{result.seconds:.2f}s ({rate:,.0f} records/s)")
+    parts = [table]
+    if result.rejected:
+        parts.append(rejected_table(result.rejected))
+    if result.failures:
+        fails = Table(title="Failed requests", box=box.SIMPLE, title_style="bold red")
+        for col in ("file", "records", "status", "error"):
+            fails.add_column(col)
+        for f in result.failures:
+            fails.add_row(f["file"], str(f["records"]), str(f["status"] or "-"), Text(f["error"]))
+        parts.append(fails)
+    return Group(*parts)
+
+
+def rejected_table(rejected: list) -> Table:
+    table = Table(title="Rejected records", box=box.SIMPLE, title_style="bold red")
+    table.add_column("file", max_width=24, overflow="ellipsis", no_wrap=True)
+    table.add_column("record", no_wrap=True)
+    table.add_column("field", style="bold")
+    table.add_column("reason", ratio=1, min_width=30, overflow="fold")
+    for r in rejected:
+        for e in r["errors"]:
+            record = f"{r['type']} #{r['index']} {r['id'] or '(no id)'}"
+            table.add_row(r.get("file", ""), Text(record[:40]), e["field"], Text(short(e["message"])))
+    return table
+
+
+def short(message: str, limit: int = 110) -> str:
+    return message if len(message) <= limit else message[:limit - 1] + "…"
+
+
+def reasons(rejected: list) -> Counter:
+    return Counter(e["field"] for r in rejected for e in r["errors"])
+
+
+def stats_table(rows: list, title: str, by: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAVY)
+    table.add_column(by, style="bold")
+    if by == "host":
+        table.add_column("site", style="dim")
+    for col in ("visits", "time", "active", "tab time"):
+        table.add_column(col, justify="right")
+    totals = [0, 0, 0, 0]
+    for r in rows:
+        values = [r["visits"], r["seconds"], r["active_seconds"], r["tab_seconds"]]
+        totals = [a + b for a, b in zip(totals, values)]
+        cells = [Text(r[by])] + ([Text(r["site"])] if by == "host" else [])
+        table.add_row(*cells, str(values[0]), *(hms(v) for v in values[1:]))
+    table.add_section()
+    table.add_row("total", *([""] if by == "host" else []), str(totals[0]), *(hms(v) for v in totals[1:]),
+                  style="bold")
+    return table
+
+
+def hms(seconds: int) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def panel(text: str, title: str, style: str = "cyan") -> Panel:
+    return Panel(text, title=title, border_style=style, expand=False)

@@ -1,0 +1,161 @@
+"""Each record's processing state in SQLite (table `jobs`): the source of truth.
+
+States: pending (committed, not yet handed to the queue) -> queued -> running -> done;
+a failure goes to retrying (a delayed attempt is scheduled) and, past the retry limit,
+to failed (the dead list), from where an operator retries or discards it.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+from . import store
+from .store import transaction
+
+RETRYABLE_STATES = ("failed", "discarded")
+
+
+def backoff_delay(attempt: int, base: float, cap: float = 3600.0) -> float:
+    """Exponential backoff with jitter: base * 2^(attempt-1), +-10%, capped."""
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return round(delay * random.uniform(0.9, 1.1), 3)
+
+
+def begin(conn, task: str, user_id: int, record_id: str, revision: int, worker: str,
+          max_attempts: int) -> str:
+    """Count the attempt before running it (so a job that kills its worker still uses up
+    its attempts). Returns 'run', 'skip' (nothing to do) or 'exhausted'."""
+    now = time.time()
+    with transaction(conn):
+        row = conn.execute("SELECT * FROM jobs WHERE task = ? AND user_id = ? AND record_id = ?",
+                           (task, user_id, record_id)).fetchone()
+        if row is None or row["state"] in RETRYABLE_STATES:
+            return "skip"
+        if row["state"] == "done" and (row["done_revision"] or 0) >= revision:
+            return "skip"
+        attempts = row["attempts"] + 1
+        if attempts > max_attempts:
+            conn.execute(
+                "UPDATE jobs SET state = 'failed', finished_at = ?, error = COALESCE(error, ?) "
+                "WHERE task = ? AND user_id = ? AND record_id = ?",
+                (now, f"gave up after {row['attempts']} attempts: the worker running it died "
+                      "(killed, out of memory or crashed) before it finished",
+                 task, user_id, record_id))
+            record_event(conn, task, "failed", now)
+            return "exhausted"
+        conn.execute(
+            "UPDATE jobs SET state = 'running', attempts = ?, started_at = ?, worker = ? "
+            "WHERE task = ? AND user_id = ? AND record_id = ?",
+            (attempts, now, worker, task, user_id, record_id))
+    return "run"
+
+
+def finish(conn, task: str, user_id: int, record_id: str, processed_revision: int) -> None:
+    """Inside the processing transaction: done, unless a newer revision arrived meanwhile."""
+    now = time.time()
+    conn.execute(
+        "UPDATE jobs SET done_revision = ?, finished_at = ?, error = NULL, traceback = NULL, "
+        "state = CASE WHEN revision <= ? THEN 'done' ELSE state END "
+        "WHERE task = ? AND user_id = ? AND record_id = ?",
+        (processed_revision, now, processed_revision, task, user_id, record_id))
+    record_event(conn, task, "done", now)
+
+
+def fail(conn, task: str, user_id: int, record_id: str, error: str, tb: str,
+         max_attempts: int, base_delay: float, keep: int) -> float | None:
+    """Record a failed attempt. Returns the delay before the next attempt, or None when
+    the job goes to the failed list."""
+    now = time.time()
+    with transaction(conn):
+        row = conn.execute("SELECT attempts FROM jobs WHERE task = ? AND user_id = ? AND "
+                           "record_id = ?", (task, user_id, record_id)).fetchone()
+        attempts = row["attempts"] if row else max_attempts
+        final = attempts >= max_attempts
+        delay = None if final else backoff_delay(attempts, base_delay)
+        conn.execute(
+            "UPDATE jobs SET state = ?, error = ?, traceback = ?, finished_at = ?, "
+            "next_attempt_at = ? WHERE task = ? AND user_id = ? AND record_id = ?",
+            ("failed" if final else "retrying", error[:2000], tb[-20000:], now,
+             None if final else now + delay, task, user_id, record_id))
+        record_event(conn, task, "failed" if final else "retrying", now)
+        if final:
+            prune_failed(conn, keep)
+    return delay
+
+
+def record_event(conn, task: str, outcome: str, now: float) -> None:
+    conn.execute("INSERT INTO job_events (ts, task, outcome) VALUES (?, ?, ?)", (now, task, outcome))
+
+
+def prune_failed(conn, keep: int) -> None:
+    """The failed list is capped: the oldest beyond `keep` are discarded."""
+    conn.execute(
+        "UPDATE jobs SET state = 'discarded', traceback = NULL WHERE state = 'failed' AND "
+        "(task, user_id, record_id) IN (SELECT task, user_id, record_id FROM jobs WHERE "
+        "state = 'failed' ORDER BY finished_at DESC LIMIT -1 OFFSET ?)", (keep,))
+
+
+def prune_events(conn, older_than: float = 3600.0) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM job_events WHERE ts < ?", (time.time() - older_than,))
+
+
+# ---------------------------------------------------------------- operator actions
+
+def failed_jobs(conn, limit: int = 100) -> list[dict]:
+    rows = conn.execute(
+        "SELECT j.task, u.name AS user, j.user_id, j.record_id, j.attempts, j.error, "
+        "j.traceback, j.finished_at FROM jobs j JOIN users u ON u.id = j.user_id "
+        "WHERE j.state = 'failed' ORDER BY j.finished_at DESC LIMIT ?", (limit,)).fetchall()
+    return [dict(r, id=job_id(r["task"], r["user_id"], r["record_id"])) for r in rows]
+
+
+def job_id(task: str, user_id: int, record_id: str) -> str:
+    short = "visit" if task == store.TASK_VISIT else "aggregate"
+    return f"{short}:{user_id}:{record_id}"
+
+
+def parse_job_id(value: str) -> tuple:
+    kind, _, rest = value.partition(":")
+    user, _, record_id = rest.partition(":")
+    task = {"visit": store.TASK_VISIT, "aggregate": store.TASK_AGGREGATE}.get(kind)
+    if task is None or not user.isdigit() or not record_id:
+        raise ValueError(f"not a job id: {value!r} (expected visit:USER:RECORD or aggregate:USER:RECORD)")
+    return task, int(user), record_id
+
+
+def _select_failed(conn, ids: list | None) -> list:
+    if ids is None:
+        rows = conn.execute("SELECT task, user_id, record_id, revision FROM jobs "
+                            "WHERE state = 'failed'").fetchall()
+        return [tuple(r) for r in rows]
+    out = []
+    for value in ids:
+        task, user_id, record_id = parse_job_id(value)
+        row = conn.execute("SELECT task, user_id, record_id, revision FROM jobs WHERE task = ? "
+                           "AND user_id = ? AND record_id = ? AND state = 'failed'",
+                           (task, user_id, record_id)).fetchone()
+        if row is None:
+            raise LookupError(f"no failed job {value}")
+        out.append(tuple(row))
+    return out
+
+
+def retry(conn, ids: list | None) -> list:
+    """Failed jobs back to pending with fresh attempts; returns the jobs to enqueue."""
+    with transaction(conn):
+        jobs = _select_failed(conn, ids)
+        conn.executemany(
+            "UPDATE jobs SET state = 'pending', attempts = 0, error = NULL, traceback = NULL, "
+            "created_at = ?, next_attempt_at = NULL WHERE task = ? AND user_id = ? AND record_id = ?",
+            [(time.time(), *job[:3]) for job in jobs])
+    return jobs
+
+
+def discard(conn, ids: list | None) -> int:
+    with transaction(conn):
+        jobs = _select_failed(conn, ids)
+        conn.executemany(
+            "UPDATE jobs SET state = 'discarded', traceback = NULL WHERE task = ? AND user_id = ? "
+            "AND record_id = ?", [job[:3] for job in jobs])
+    return len(jobs)

@@ -1,0 +1,86 @@
+"""One snapshot of queue and job state; `watch`, the dashboard and /metrics all read it."""
+from __future__ import annotations
+
+import time
+
+from . import store
+from .queue import queue_depth, scheduled_depth
+from .store import TASKS
+
+SHOWN_STATES = ("queued", "running", "retrying", "done", "failed")
+
+
+def task_counts(conn) -> dict:
+    """{task: {queued, running, retrying, done, failed}} from the jobs table
+    ('pending' jobs are committed but not yet handed to the queue: shown as queued)."""
+    counts = {task: dict.fromkeys(SHOWN_STATES, 0) for task in TASKS}
+    for row in conn.execute("SELECT task, state, COUNT(*) AS n FROM jobs GROUP BY task, state"):
+        state = "queued" if row["state"] == "pending" else row["state"]
+        if row["task"] in counts and state in counts[row["task"]]:
+            counts[row["task"]][state] += row["n"]
+    return counts
+
+
+def throughput(conn, window: float = 60.0, now: float | None = None) -> dict:
+    """Jobs finished per second over the last `window` seconds, and per 5 s bucket."""
+    now = now or time.time()
+    rows = conn.execute("SELECT ts, outcome FROM job_events WHERE ts >= ?", (now - window,)).fetchall()
+    done = sum(1 for r in rows if r["outcome"] == "done")
+    failed = sum(1 for r in rows if r["outcome"] != "done")
+    buckets = [0] * int(window // 5)
+    for r in rows:
+        if r["outcome"] == "done":
+            i = min(len(buckets) - 1, int((now - r["ts"]) // 5))
+            buckets[len(buckets) - 1 - i] += 1
+    return {"window_seconds": window, "done_per_second": round(done / window, 2),
+            "failed_per_second": round(failed / window, 2),
+            "series": [round(b / 5, 2) for b in buckets]}
+
+
+def workers(conn, heartbeat: float, now: float | None = None) -> list:
+    now = now or time.time()
+    rows = conn.execute("SELECT * FROM workers WHERE last_seen >= ? ORDER BY started_at",
+                        (now - 300,)).fetchall()
+    out = []
+    for r in rows:
+        alive = r["state"] != "stopped" and r["last_seen"] >= now - 3 * heartbeat - 1
+        out.append({"name": r["name"], "pid": r["pid"], "hostname": r["hostname"],
+                    "concurrency": r["concurrency"], "kind": r["kind"], "queue": r["queue"],
+                    "state": "alive" if alive else ("stopped" if r["state"] == "stopped" else "lost"),
+                    "last_seen_seconds_ago": round(now - r["last_seen"], 1),
+                    "started_at": r["started_at"]})
+    return out
+
+
+def in_flight(conn, limit: int = 50, now: float | None = None) -> list:
+    now = now or time.time()
+    rows = conn.execute(
+        "SELECT task, user_id, record_id, attempts, started_at, worker FROM jobs "
+        "WHERE state = 'running' ORDER BY started_at LIMIT ?", (limit,)).fetchall()
+    return [{"task": r["task"], "user_id": r["user_id"], "record_id": r["record_id"],
+             "attempts": r["attempts"], "worker": r["worker"],
+             "age_seconds": round(now - (r["started_at"] or now), 1)} for r in rows]
+
+
+def recent_failures(conn, limit: int = 10) -> list:
+    rows = conn.execute(
+        "SELECT task, user_id, record_id, attempts, error, finished_at, state FROM jobs "
+        "WHERE state IN ('failed', 'retrying') ORDER BY finished_at DESC LIMIT ?", (limit,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def snapshot(conn, huey, heartbeat: float = 2.0) -> dict:
+    tasks = task_counts(conn)
+    totals = {state: sum(t[state] for t in tasks.values()) for state in SHOWN_STATES}
+    return {
+        "generated_at": time.time(),
+        "queue_depth": queue_depth(huey),
+        "scheduled": scheduled_depth(huey),
+        "tasks": tasks,
+        "totals": totals,
+        "throughput": throughput(conn),
+        "workers": workers(conn, heartbeat),
+        "in_flight": in_flight(conn),
+        "recent_failures": recent_failures(conn),
+        "records": store.counters(conn),
+    }

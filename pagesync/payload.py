@@ -1,0 +1,704 @@
+"""Parse, validate and sanitise sync payloads (both record dialects). Pure: data in, data out.
+
+`decode_body` turns raw request bytes into a JSON value (or a PayloadError with the HTTP
+status to answer); `parse_batch` turns that value into canonical records plus a report of
+rejected records and warnings. Canonical records use epoch milliseconds for every time.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+CATEGORIES = frozenset(
+    "work_coding work_code_review work_communication work_documentation learning_video "
+    "learning_reading entertainment_video entertainment_browsing entertainment_short_form "
+    "social_media news shopping reference unclassified".split()
+)
+CATEGORY_METHODS = frozenset(
+    "metadata domain url title content keywords rules heuristic ml model ai manual user "
+    "cache default fallback none".split()
+)
+TRACKING_PARAMS = frozenset({"fbclid", "gclid", "msclkid", "mc_eid", "_ga"})
+FORBIDDEN_KEYS = frozenset({"__proto__", "constructor", "prototype"})
+
+MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+DAY_MS = 86_400_000
+YEAR_MS = 366 * DAY_MS
+MAX_URL = 2048
+MAX_TITLE = 500
+MAX_DOMAIN = 253
+MAX_ID = 256
+MAX_METADATA_BYTES = 50 * 1024
+MAX_META_STRING = 2000
+MAX_DEPTH = 32
+
+
+class PayloadError(Exception):
+    """The whole request is refused: `status` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str, errors: list | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+
+
+@dataclass
+class Batch:
+    visits: list = field(default_factory=list)
+    aggregates: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    client: dict = field(default_factory=dict)
+
+    @property
+    def received(self) -> int:
+        return len(self.visits) + len(self.aggregates) + len(self.rejected)
+
+
+class RecordErrors:
+    """Collects the errors and warnings of one record."""
+
+    def __init__(self):
+        self.errors: list = []
+        self.warnings: list = []
+
+    def error(self, fld: str, message: str) -> None:
+        self.errors.append({"field": fld, "message": message})
+
+    def warn(self, fld: str, message: str) -> None:
+        self.warnings.append({"field": fld, "message": message})
+
+
+# ---------------------------------------------------------------- request body
+
+def decode_body(raw: bytes, content_type: str | None, content_encoding: str | None,
+                max_bytes: int) -> object:
+    """Bytes of a request body -> JSON value. Raises PayloadError (400/413/415)."""
+    mime = (content_type or "").split(";")[0].strip().lower()
+    if mime != "application/json" and not mime.endswith("+json"):
+        raise PayloadError(415, f"Content-Type must be application/json, got {mime or 'nothing'}")
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        raw = gunzip_limited(raw, max_bytes)
+    elif encoding not in ("identity", ""):
+        raise PayloadError(415, f"Content-Encoding {encoding} is not supported (use gzip or none)")
+    if len(raw) > max_bytes:
+        raise PayloadError(413, f"Body is {len(raw)} bytes, over the limit of {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(400, f"Body is not valid UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise PayloadError(400, "Body is not valid JSON: nested too deeply")
+    except ValueError as exc:
+        raise PayloadError(400, f"Body is not valid JSON: {exc}")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def gunzip_limited(raw: bytes, max_bytes: int) -> bytes:
+    """Decompress gzip, refusing (413) as soon as the output passes max_bytes."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(raw, max_bytes + 1)
+        if len(out) > max_bytes or d.unconsumed_tail:
+            raise PayloadError(413, f"Body decompresses to over the limit of {max_bytes} bytes")
+        out += d.flush()
+    except zlib.error as exc:
+        raise PayloadError(400, f"Body is not valid gzip: {exc}")
+    if not d.eof:
+        raise PayloadError(400, "Body is not valid gzip: truncated stream")
+    if len(out) > max_bytes:
+        raise PayloadError(413, f"Body decompresses to over the limit of {max_bytes} bytes")
+    return out
+
+
+def gzip_bytes(raw: bytes) -> bytes:
+    return gzip.compress(raw, compresslevel=5)
+
+
+# ---------------------------------------------------------------- batch
+
+def parse_batch(body: object, now_ms: int, max_records: int = 1000) -> Batch:
+    """A decoded JSON body -> Batch. Raises PayloadError(400) for a malformed request."""
+    if not isinstance(body, dict):
+        raise PayloadError(400, f"Body must be a JSON object, got {json_type(body)}")
+    visits = body.get("pageVisits")
+    aggs = body.get("tabAggregates")
+    errors = []
+    for name, value in (("pageVisits", visits), ("tabAggregates", aggs)):
+        if value is not None and not isinstance(value, list):
+            errors.append({"field": name, "message": f"must be an array, got {json_type(value)}"})
+    if errors:
+        raise PayloadError(400, "; ".join(f"{e['field']} {e['message']}" for e in errors), errors)
+    visits, aggs = visits or [], aggs or []
+    total = len(visits) + len(aggs)
+    if total > max_records:
+        raise PayloadError(400, f"Too many records: {total} in one request, the limit is {max_records}")
+    batch = Batch(client=parse_client(body))
+    default_client = batch.client.get("anonymousClientId")
+    for kind, items, parser, out in (
+        ("pageVisit", visits, parse_visit, batch.visits),
+        ("tabAggregate", aggs, parse_aggregate, batch.aggregates),
+    ):
+        for index, item in enumerate(items):
+            rec, report = parser(item, default_client, now_ms)
+            ident = record_label(item, rec)
+            for w in report.warnings:
+                batch.warnings.append({"type": kind, "index": index, "id": ident, **w})
+            if report.errors:
+                batch.rejected.append({"type": kind, "index": index, "id": ident, "errors": report.errors})
+            else:
+                out.append(rec)
+    batch.visits = merge_duplicates(batch.visits, merge_visit)
+    batch.aggregates = merge_duplicates(batch.aggregates, merge_aggregate)
+    return batch
+
+
+def parse_client(body: dict) -> dict:
+    out = {}
+    for key in ("anonymousClientId", "extensionVersion", "browserName", "browserVersion"):
+        value = body.get(key)
+        if isinstance(value, str) and value.strip():
+            out[key] = clean_text(value)[:200]
+    return out
+
+
+def record_label(item: object, rec: dict | None):
+    if rec is not None:
+        return rec["id"]
+    if isinstance(item, dict):
+        for key in ("id", "visitId"):
+            if isinstance(item.get(key), (str, int)) and not isinstance(item.get(key), bool):
+                return str(item[key])[:MAX_ID]
+    return None
+
+
+def merge_duplicates(records: list, merge) -> list:
+    """The same id twice in one batch becomes one merged record (first position kept)."""
+    by_id: dict = {}
+    for rec in records:
+        by_id[rec["id"]] = merge(by_id[rec["id"]], rec) if rec["id"] in by_id else rec
+    return list(by_id.values())
+
+
+# ---------------------------------------------------------------- page visits
+
+def is_api_visit(item: dict) -> bool:
+    if "startedAt" in item or "timestamp" in item or "visitId" in item:
+        return False
+    return "visited_at" in item or "duration_seconds" in item or "tab_id" in item
+
+
+def parse_visit(item: object, default_client: str | None, now_ms: int):
+    """One pageVisit (either dialect) -> (canonical record or None, RecordErrors)."""
+    r = RecordErrors()
+    if not isinstance(item, dict):
+        r.error("record", f"must be an object, got {json_type(item)}")
+        return None, r
+    api = is_api_visit(item)
+    rec = {"dialect": "api" if api else "extension"}
+    rec["id"] = parse_id(item, ("id",) if api else ("id", "visitId"), r)
+    rec["url"] = parse_url(item.get("url"), "url", r, required=True)
+    rec["title"] = parse_title(item.get("title"), r)
+    rec["domain"] = parse_domain(item.get("domain"), "domain", r)
+    rec["client_id"] = opt_str(item, "anonymousClientId", r) or default_client
+    if api:
+        rec["started_at"] = parse_time(item.get("visited_at"), "visited_at", r, now_ms, required=True)
+        rec["opened_at"] = parse_time(item.get("opened_at"), "opened_at", r, now_ms)
+        rec["ended_at"] = None
+        rec["last_heartbeat"] = None
+        rec["tab_id"] = opt_int(item, "tab_id", r)
+        rec["source_visit_id"] = opt_str(item, "source_page_visit_id", r)
+        secs = parse_amount(item.get("duration_seconds"), "duration_seconds", r)
+        active = parse_amount(item.get("active_duration_seconds"), "active_duration_seconds", r)
+        rec["duration_s"], rec["active_s"] = secs, active
+        rec["duration_ms"] = None if secs is None else secs * 1000
+        rec["active_ms"] = None if active is None else active * 1000
+        rec["engagement_rate"] = parse_fraction(item.get("engagement_rate"), "engagement_rate", r)
+        rec["category"] = parse_category(item.get("category"), "category", r)
+        rec["category_confidence"] = parse_fraction(item.get("category_confidence"), "category_confidence", r)
+        rec["category_method"] = parse_method(item.get("category_method"), "category_method", r)
+        rec["is_active"] = None
+        rec["idle_periods"] = None
+    else:
+        start_key = "startedAt" if item.get("startedAt") is not None else "timestamp"
+        rec["started_at"] = parse_time(item.get(start_key), start_key, r, now_ms, required=True)
+        rec["ended_at"] = parse_time(item.get("endedAt"), "endedAt", r, now_ms)
+        rec["opened_at"] = parse_time(item.get("openedAt"), "openedAt", r, now_ms)
+        rec["last_heartbeat"] = parse_time(item.get("lastHeartbeat"), "lastHeartbeat", r, now_ms)
+        rec["tab_id"] = opt_int(item, "tabId", r)
+        rec["source_visit_id"] = opt_str(item, "sourcePageVisitId", r)
+        rec["duration_ms"] = parse_amount(item.get("duration"), "duration", r)
+        rec["duration_s"] = parse_amount(item.get("durationSeconds"), "durationSeconds", r)
+        rec["active_ms"] = parse_amount(item.get("activeDuration"), "activeDuration", r)
+        rec["active_s"] = None
+        rec["engagement_rate"] = parse_fraction(item.get("engagementRate"), "engagementRate", r)
+        rec["category"] = parse_category(item.get("category"), "category", r)
+        rec["category_confidence"] = parse_fraction(item.get("categoryConfidence"), "categoryConfidence", r)
+        rec["category_method"] = parse_method(item.get("categoryMethod"), "categoryMethod", r)
+        rec["is_active"] = opt_bool(item, "isActive", r)
+        rec["idle_periods"] = parse_idle_periods(item.get("idlePeriods"), r)
+        if rec["ended_at"] is not None and rec["started_at"] is not None and rec["ended_at"] < rec["started_at"]:
+            r.error("endedAt", "is before the visit's start")
+    if rec["duration_ms"] is not None and rec["duration_ms"] > DAY_MS:
+        r.warn("duration", "is over 24 hours")
+    rec["metadata"] = parse_metadata(item.get("metadata"), r)
+    return (None if r.errors else rec), r
+
+
+def parse_idle_periods(value, r: RecordErrors):
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        r.warn("idlePeriods", f"must be an array, got {json_type(value)}; ignored")
+        return None
+    return [sanitise_metadata(p, 1) for p in value[:500] if isinstance(p, dict)]
+
+
+# ---------------------------------------------------------------- tab aggregates
+
+def is_api_aggregate(item: dict) -> bool:
+    return "tabId" not in item and "startTime" not in item
+
+
+def aggregate_id(start_ms: int, tab_id) -> str:
+    """Stable id of an extension aggregate, which carries none of its own."""
+    return f"tab_{start_ms}_{tab_id}"
+
+
+def parse_aggregate(item: object, default_client: str | None, now_ms: int):
+    r = RecordErrors()
+    if not isinstance(item, dict):
+        r.error("record", f"must be an object, got {json_type(item)}")
+        return None, r
+    if is_api_aggregate(item):
+        rec = parse_api_aggregate(item, r, now_ms)
+    else:
+        rec = parse_extension_aggregate(item, r, now_ms)
+    rec["client_id"] = opt_str(item, "anonymousClientId", r) or default_client
+    return (None if r.errors else rec), r
+
+
+def parse_extension_aggregate(item: dict, r: RecordErrors, now_ms: int) -> dict:
+    rec = {"dialect": "extension"}
+    tab = item.get("tabId")
+    if tab is None or isinstance(tab, bool) or not isinstance(tab, (int, str)) or str(tab).strip() == "":
+        r.error("tabId", "is missing: an aggregate's id is derived from startTime and tabId")
+        tab = None
+    start = parse_time(item.get("startTime"), "startTime", r, now_ms, required=True)
+    rec["tab_id"] = tab if isinstance(tab, int) else (str(tab)[:64] if tab is not None else None)
+    rec["id"] = aggregate_id(start, rec["tab_id"]) if start is not None and tab is not None else None
+    rec["start_ms"] = start
+    rec["last_active_ms"] = parse_time(item.get("lastActiveTime"), "lastActiveTime", r, now_ms)
+    rec["closed_at"] = parse_time(item.get("closedAt"), "closedAt", r, now_ms)
+    rec["is_open"] = opt_bool(item, "isOpen", r)
+    rec["total_active_ms"] = parse_amount(item.get("totalActiveDuration"), "totalActiveDuration", r)
+    rec["domain_durations"] = parse_domain_durations(item.get("domainDurations"), r)
+    rec["page_count"] = opt_int(item, "pageCount", r)
+    rec["current_url"] = parse_url(item.get("currentUrl"), "currentUrl", r, required=False, lenient=True)
+    rec["current_domain"] = parse_domain(item.get("currentDomain"), "currentDomain", r)
+    stats = item.get("statistics")
+    rec["statistics"] = sanitise_metadata(stats, 1) if isinstance(stats, dict) else None
+    rec["page_visit_id"] = None
+    rec["total_time_s"] = rec["active_time_s"] = rec["scroll_depth"] = None
+    if start is not None:
+        check_span(start, rec["closed_at"], "closedAt", r)
+        check_span(start, rec["last_active_ms"], "lastActiveTime", r)
+    return rec
+
+
+def check_span(start: int, end: int | None, fld: str, r: RecordErrors) -> None:
+    if end is None:
+        return
+    if end < start:
+        r.error(fld, "is before the tab's startTime")
+    elif end - start > YEAR_MS:
+        r.error(fld, "is more than a year after the tab's startTime")
+
+
+def parse_api_aggregate(item: dict, r: RecordErrors, now_ms: int) -> dict:
+    rec = {"dialect": "api"}
+    rec["id"] = parse_id(item, ("id",), r)
+    rec["page_visit_id"] = opt_str(item, "page_visit_id", r)
+    rec["total_time_s"] = parse_amount(item.get("total_time_seconds"), "total_time_seconds", r)
+    rec["active_time_s"] = parse_amount(item.get("active_time_seconds"), "active_time_seconds", r)
+    rec["scroll_depth"] = parse_amount(item.get("scroll_depth_percent"), "scroll_depth_percent", r)
+    if rec["scroll_depth"] is not None and rec["scroll_depth"] > 100:
+        r.error("scroll_depth_percent", f"must be between 0 and 100, got {rec['scroll_depth']}")
+    rec["closed_at"] = parse_time(item.get("closed_at"), "closed_at", r, now_ms)
+    if rec["total_time_s"] is not None and rec["total_time_s"] > YEAR_MS / 1000:
+        r.error("total_time_seconds", "is more than a year")
+    if None not in (rec["total_time_s"], rec["active_time_s"]) and rec["active_time_s"] > rec["total_time_s"]:
+        r.warn("active_time_seconds", "is larger than total_time_seconds")
+    rec.update(tab_id=None, start_ms=None, last_active_ms=None, is_open=None, total_active_ms=None,
+               domain_durations=None, page_count=None, current_url=None, current_domain=None,
+               statistics=None)
+    return rec
+
+
+def parse_domain_durations(value, r: RecordErrors):
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        r.error("domainDurations", f"must be an object of domain: milliseconds, got {json_type(value)}")
+        return None
+    out: dict = {}
+    for domain, ms in value.items():
+        amount = parse_amount(ms, f"domainDurations.{domain[:80]}", r)
+        key = clean_domain(domain)
+        if amount is not None and key:
+            out[key] = out.get(key, 0) + amount
+    return out
+
+
+# ---------------------------------------------------------------- fields
+
+def parse_id(item: dict, keys: tuple, r: RecordErrors):
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            value = str(value)
+        if isinstance(value, str) and value.strip():
+            value = value.strip()
+            if len(value) > MAX_ID:
+                r.error(key, f"is longer than {MAX_ID} characters")
+                return None
+            return value
+    r.error(keys[0], "is missing" if all(item.get(k) in (None, "") for k in keys) else "must be a non-empty string")
+    return None
+
+
+def parse_url(value, fld: str, r: RecordErrors, required: bool, lenient: bool = False):
+    problem = url_problem(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            r.error(fld, "is missing")
+        return None
+    if problem:
+        (r.warn if lenient else r.error)(fld, problem + ("; ignored" if lenient else ""))
+        return None
+    return strip_tracking(value.strip())
+
+
+def url_problem(value) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, got {json_type(value)}"
+    value = value.strip()
+    if len(value) > MAX_URL:
+        return f"is longer than {MAX_URL} characters ({len(value)})"
+    if any(c in value for c in "\x00\n\r\t"):
+        return "contains control characters"
+    try:
+        parts = urlsplit(value)
+        parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        return f"cannot be parsed: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"must be http or https, got {parts.scheme or 'no scheme'}"
+    if not parts.hostname or " " in parts.netloc:
+        return "has no valid host"
+    return None
+
+
+def is_tracking_param(name: str) -> bool:
+    name = name.lower()
+    return name.startswith("utm_") or name in TRACKING_PARAMS
+
+
+def strip_tracking(url: str) -> str:
+    """Drop tracking parameters; everything else stays byte for byte as sent."""
+    base, hash_, fragment = url.partition("#")
+    path, q, query = base.partition("?")
+    if not q or not query:
+        return url
+    parts = query.split("&")
+    kept = [p for p in parts if not is_tracking_param(p.split("=", 1)[0])]
+    if len(kept) == len(parts):
+        return url
+    return path + ("?" + "&".join(kept) if kept else "") + hash_ + fragment
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\ufeff]")
+
+
+def clean_text(value: str) -> str:
+    value = value.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return _CONTROL.sub("", value).strip()
+
+
+def parse_title(value, r: RecordErrors):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        r.warn("title", f"must be a string, got {json_type(value)}; ignored")
+        return None
+    value = clean_text(value)
+    if len(value) > MAX_TITLE:
+        r.warn("title", f"is longer than {MAX_TITLE} characters ({len(value)}); truncated")
+        value = value[:MAX_TITLE]
+    return value
+
+
+def clean_domain(value: str) -> str:
+    value = clean_text(value).lower()
+    return value[4:] if value.startswith("www.") else value
+
+
+def parse_domain(value, fld: str, r: RecordErrors):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        r.warn(fld, f"must be a string, got {json_type(value)}; ignored")
+        return None
+    value = clean_domain(value)
+    if len(value) > MAX_DOMAIN:
+        r.warn(fld, f"is longer than {MAX_DOMAIN} characters")
+    return value or None
+
+
+def parse_time(value, fld: str, r: RecordErrors, now_ms: int, required: bool = False):
+    """Epoch milliseconds (number) or ISO 8601 string -> epoch ms, range-checked."""
+    if value is None or value == "":
+        if required:
+            r.error(fld, "is missing")
+        return None
+    if isinstance(value, bool):
+        r.error(fld, "must be epoch milliseconds or an ISO 8601 string, got a boolean")
+        return None
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            r.error(fld, "must be a finite number")
+            return None
+        ms = int(value)
+    elif isinstance(value, str):
+        ms = parse_iso(value)
+        if ms is None:
+            r.error(fld, f"cannot be parsed as a time: {value[:64]!r}")
+            return None
+    else:
+        r.error(fld, f"must be epoch milliseconds or an ISO 8601 string, got {json_type(value)}")
+        return None
+    if ms < MIN_TIME_MS:
+        hint = ""
+        if isinstance(value, (int, float)) and MIN_TIME_MS / 1000 <= value <= (now_ms + DAY_MS) / 1000:
+            hint = f"; {value} looks like seconds where milliseconds belong"
+        r.error(fld, f"is before 2000-01-01{hint}")
+        return None
+    if ms > now_ms + DAY_MS:
+        r.error(fld, "is more than a day in the future")
+        return None
+    return ms
+
+
+def parse_iso(value: str) -> int | None:
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    try:
+        return int(dt.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def parse_amount(value, fld: str, r: RecordErrors):
+    """A non-negative number (duration, seconds, percent); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        r.error(fld, f"must be a number, got {json_type(value)}")
+        return None
+    if not math.isfinite(value) or value > 1e15:
+        r.error(fld, "must be a finite number")
+        return None
+    if value < 0:
+        r.error(fld, f"must not be negative, got {value}")
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+def parse_fraction(value, fld: str, r: RecordErrors):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        r.error(fld, f"must be a number between 0 and 1, got {json_type(value)}")
+        return None
+    if not 0 <= value <= 1:
+        r.error(fld, f"must be between 0 and 1, got {value}")
+        return None
+    return value
+
+
+def parse_category(value, fld: str, r: RecordErrors):
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in CATEGORIES:
+        shown = value[:64] if isinstance(value, str) else json_type(value)
+        r.error(fld, f"{shown!r} is not a known category (one of: {', '.join(sorted(CATEGORIES))})")
+        return None
+    return value
+
+
+def parse_method(value, fld: str, r: RecordErrors):
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        r.warn(fld, f"must be a string, got {json_type(value)}; ignored")
+        return None
+    if value not in CATEGORY_METHODS:
+        r.warn(fld, f"{value[:64]!r} is not a known category method")
+    return clean_text(value)[:64]
+
+
+def opt_str(item: dict, key: str, r: RecordErrors, limit: int = MAX_ID):
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        r.warn(key, f"must be a string, got {json_type(value)}; ignored")
+        return None
+    return clean_text(value)[:limit] or None
+
+
+def opt_int(item: dict, key: str, r: RecordErrors):
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not float(value).is_integer() or abs(value) > 2**53:
+        r.warn(key, f"must be an integer, got {json_type(value)}; ignored")
+        return None
+    return int(value)
+
+
+def opt_bool(item: dict, key: str, r: RecordErrors):
+    value = item.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    r.warn(key, f"must be true or false, got {json_type(value)}; ignored")
+    return None
+
+
+def parse_metadata(value, r: RecordErrors):
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        r.error("metadata", f"must be an object, got {json_type(value)}")
+        return None
+    if nesting_depth(value) > MAX_DEPTH:
+        r.error("metadata", f"is nested deeper than {MAX_DEPTH} levels")
+        return None
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        r.error("metadata", f"is {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES}")
+        return None
+    return sanitise_metadata(value, 0)
+
+
+def nesting_depth(value) -> int:
+    """Depth of nested arrays/objects, computed without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
+def sanitise_metadata(value, depth: int):
+    """Drop prototype-pollution keys, cut long strings. Input depth is already bounded."""
+    if isinstance(value, dict):
+        return {str(k)[:MAX_META_STRING]: sanitise_metadata(v, depth + 1)
+                for k, v in value.items() if k not in FORBIDDEN_KEYS}
+    if isinstance(value, list):
+        return [sanitise_metadata(v, depth + 1) for v in value]
+    if isinstance(value, str):
+        return value[:MAX_META_STRING]
+    return value
+
+
+def json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------- merging
+
+VISIT_GROWING = ("duration_ms", "duration_s", "active_ms", "active_s", "last_heartbeat", "ended_at")
+AGG_GROWING = ("total_active_ms", "last_active_ms", "page_count", "total_time_s", "active_time_s",
+               "scroll_depth", "closed_at")
+
+
+def freshness_visit(rec: dict) -> tuple:
+    return (rec.get("last_heartbeat") or 0, rec.get("duration_ms") or 0, rec.get("ended_at") or 0)
+
+
+def freshness_aggregate(rec: dict) -> tuple:
+    return (rec.get("last_active_ms") or 0, rec.get("total_active_ms") or 0, rec.get("closed_at") or 0)
+
+
+def merge_fields(old: dict, new: dict, growing: tuple, fresher_is_new: bool) -> dict:
+    """Merge two sends of one record: growing fields take the max, other fields take the
+    fresher send's value, and a present value is never replaced by a missing one."""
+    base, other = (new, old) if fresher_is_new else (old, new)
+    out = dict(base)
+    for key, value in other.items():
+        if out.get(key) is None:
+            out[key] = value
+    for key in growing:
+        values = [v for v in (old.get(key), new.get(key)) if v is not None]
+        out[key] = max(values) if values else None
+    return out
+
+
+def merge_visit(old: dict, new: dict) -> dict:
+    return merge_fields(old, new, VISIT_GROWING, freshness_visit(new) >= freshness_visit(old))
+
+
+def merge_aggregate(old: dict, new: dict) -> dict:
+    out = merge_fields(old, new, AGG_GROWING, freshness_aggregate(new) >= freshness_aggregate(old))
+    if old.get("domain_durations") or new.get("domain_durations"):
+        merged = dict(old.get("domain_durations") or {})
+        for domain, ms in (new.get("domain_durations") or {}).items():
+            merged[domain] = max(ms, merged.get(domain, 0))
+        out["domain_durations"] = merged
+    if out.get("closed_at") is not None:
+        out["is_open"] = False
+    return out
+

@@ -1,0 +1,127 @@
+"""The queue: one Huey instance per backend, bulk enqueue, and the reconciler.
+
+The queue only delivers; the `jobs` table in SQLite says what is due. Every backend sits
+behind the same three calls: `make_huey`, `enqueue_jobs`, `queue_depth`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from huey import RedisHuey, SqliteHuey
+
+from . import store
+from .config import Settings
+
+log = logging.getLogger("pagesync.queue")
+HUEY_NAME = "pagesync"
+
+
+def make_huey(settings: Settings):
+    """The Huey instance for the configured backend, with both tasks registered."""
+    from . import jobs  # registers the tasks on the instance
+
+    if settings.queue_kind == "redis":
+        huey = RedisHuey(HUEY_NAME, url=settings.queue, results=False, blocking=True,
+                         read_timeout=1)
+    else:
+        huey = SqliteHuey(HUEY_NAME, filename=settings.queue_path, results=False,
+                          timeout=10, fsync=False)
+    jobs.register(huey, settings)
+    return huey
+
+
+def job_messages(huey, jobs: list) -> list[bytes]:
+    """Serialised Huey messages for [(task, user_id, record_id, revision)]."""
+    wrappers = huey.pagesync_tasks
+    out = []
+    for task, user_id, record_id, revision in jobs:
+        t = wrappers[task].s(user_id, record_id, revision)
+        out.append(huey.serialize_task(t))
+    return out
+
+
+def enqueue_jobs(huey, jobs: list) -> None:
+    """Enqueue many jobs in one round trip (Redis) or one transaction (SQLite)."""
+    if not jobs:
+        return
+    messages = job_messages(huey, jobs)
+    storage = huey.storage
+    if isinstance(huey, RedisHuey):
+        for i in range(0, len(messages), 1000):
+            storage.conn.lpush(storage.queue_key, *messages[i:i + 1000])
+    else:
+        rows = [(storage.name, storage.to_blob(m), 0) for m in messages]
+        with storage.db(commit=True) as cur:
+            cur.executemany("INSERT INTO task (queue, data, priority) VALUES (?, ?, ?)", rows)
+
+
+def queue_depth(huey) -> int:
+    try:
+        return int(huey.pending_count())
+    except Exception:  # the queue is unreachable: callers show it as unknown
+        log.warning("queue unreachable", exc_info=True)
+        return -1
+
+
+def scheduled_depth(huey) -> int:
+    try:
+        return int(huey.scheduled_count())
+    except Exception:
+        return -1
+
+
+def deliver(conn, huey, jobs: list) -> bool:
+    """Hand committed jobs to the queue and record that. On failure the jobs stay
+    'pending' in SQLite, and the reconciler delivers them later."""
+    try:
+        enqueue_jobs(huey, jobs)
+    except Exception:
+        log.exception("could not enqueue %d jobs; the reconciler will retry", len(jobs))
+        return False
+    try:
+        store.mark_enqueued(conn, jobs)
+    except store.StorageBusy:
+        log.warning("could not mark %d jobs queued (database busy); harmless", len(jobs))
+    return True
+
+
+def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = None,
+             limit: int = 5000) -> list:
+    """Jobs whose processing is due and whose message must be lost."""
+    now = now or time.time()
+    dead_worker_before = now - 3 * settings.worker_heartbeat - 1
+    sql = """
+    SELECT j.task, j.user_id, j.record_id, j.revision FROM jobs j
+    LEFT JOIN workers w ON w.name = j.worker
+    WHERE (j.state = 'pending' AND j.created_at < :pending_before)
+       OR (j.state = 'queued' AND (j.enqueued_at < :lost_before
+                                   OR (:queue_empty AND j.enqueued_at < :pending_before)))
+       OR (j.state = 'running' AND (w.name IS NULL OR w.last_seen < :dead_before
+                                    OR w.state = 'stopped'))
+       OR (j.state = 'retrying' AND j.next_attempt_at < :retry_before)
+    LIMIT :limit
+    """
+    rows = conn.execute(sql, {
+        "pending_before": now - 5, "lost_before": now - settings.lost_after,
+        "queue_empty": 1 if queue_empty else 0, "dead_before": dead_worker_before,
+        "retry_before": now - max(settings.lost_after, 30), "limit": limit,
+    }).fetchall()
+    return [(r["task"], r["user_id"], r["record_id"], r["revision"]) for r in rows]
+
+
+def reconcile(conn, huey, settings: Settings) -> int:
+    """Enqueue again every job that is due and not on its way. Returns how many."""
+    empty = queue_depth(huey) == 0 and scheduled_depth(huey) == 0
+    jobs = due_jobs(conn, settings, empty)
+    if not jobs:
+        return 0
+    enqueue_jobs(huey, jobs)
+    now = time.time()
+    with store.transaction(conn):
+        conn.executemany(
+            "UPDATE jobs SET state = 'queued', enqueued_at = ? WHERE task = ? AND user_id = ? "
+            "AND record_id = ? AND revision = ? AND state NOT IN ('done', 'failed', 'discarded')",
+            [(now, *job) for job in jobs])
+    log.info("reconciler re-enqueued %d jobs", len(jobs))
+    return len(jobs)

@@ -1,0 +1,360 @@
+"""SQLite storage: schema, tokens, batch writes, job state and rollups.
+
+The database is the source of truth: records, each record's processing state (table
+`jobs`), and the rollups. The queue only delivers job messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+
+import sqlite_utils
+
+from . import payload as P
+
+TASK_VISIT = "ProcessPageVisit"
+TASK_AGGREGATE = "ProcessTabAggregate"
+TASKS = (TASK_VISIT, TASK_AGGREGATE)
+TABLE_OF = {TASK_VISIT: "page_visits", TASK_AGGREGATE: "tab_aggregates"}
+JOB_STATES = ("pending", "queued", "running", "retrying", "done", "failed", "discarded")
+TOKEN_PREFIX = "psk_"
+
+
+class StorageBusy(Exception):
+    """The database stayed locked past the timeout: answer 503 with Retry-After."""
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id),
+    token_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, created_at REAL NOT NULL,
+    revoked_at REAL, last_used_at REAL);
+CREATE TABLE IF NOT EXISTS page_visits (
+    user_id INTEGER NOT NULL, id TEXT NOT NULL, url TEXT, title TEXT, started_at INTEGER,
+    tab_id INTEGER, client_id TEXT, data TEXT NOT NULL, content_hash TEXT NOT NULL,
+    revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
+    norm_url TEXT, host TEXT, site TEXT, category TEXT, engagement REAL, unread INTEGER,
+    applied TEXT, processed_revision INTEGER, processed_at REAL,
+    PRIMARY KEY (user_id, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS page_visits_tab ON page_visits (user_id, client_id, tab_id, started_at);
+CREATE TABLE IF NOT EXISTS tab_aggregates (
+    user_id INTEGER NOT NULL, id TEXT NOT NULL, tab_id INTEGER, client_id TEXT,
+    start_ms INTEGER, page_visit_id TEXT, data TEXT NOT NULL, content_hash TEXT NOT NULL,
+    revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
+    linked_visit_id TEXT, tab_seconds INTEGER, top_host TEXT,
+    applied TEXT, processed_revision INTEGER, processed_at REAL,
+    PRIMARY KEY (user_id, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tab_aggregates_tab ON tab_aggregates (user_id, client_id, tab_id, start_ms);
+CREATE INDEX IF NOT EXISTS tab_aggregates_visit ON tab_aggregates (user_id, page_visit_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    task TEXT NOT NULL, user_id INTEGER NOT NULL, record_id TEXT NOT NULL,
+    revision INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL, enqueued_at REAL, started_at REAL, finished_at REAL,
+    done_revision INTEGER, next_attempt_at REAL, error TEXT, traceback TEXT, worker TEXT,
+    PRIMARY KEY (task, user_id, record_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, enqueued_at);
+CREATE TABLE IF NOT EXISTS rollups (
+    user_id INTEGER NOT NULL, day TEXT NOT NULL, host TEXT NOT NULL, site TEXT NOT NULL,
+    visits INTEGER NOT NULL DEFAULT 0, seconds INTEGER NOT NULL DEFAULT 0,
+    active_seconds INTEGER NOT NULL DEFAULT 0, tab_seconds INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, day, host)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS syncs (
+    id TEXT PRIMARY KEY, user_id INTEGER NOT NULL, received_at REAL NOT NULL,
+    visits INTEGER, aggregates INTEGER, rejected INTEGER, warnings INTEGER, jobs INTEGER,
+    client TEXT);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY, pid INTEGER, hostname TEXT, started_at REAL, last_seen REAL,
+    concurrency INTEGER, kind TEXT, queue TEXT, state TEXT);
+CREATE TABLE IF NOT EXISTS job_events (
+    ts REAL NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS job_events_ts ON job_events (ts);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+# ---------------------------------------------------------------- connections
+
+def connect(path: str, durable: bool = True, timeout: float = 10.0) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL journal.
+    `durable` fsyncs each commit (the server: a 200 means the batch is on disk)."""
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def init_db(path: str) -> None:
+    """Create the schema (idempotent), through sqlite-utils."""
+    conn = connect(path)
+    try:
+        db = sqlite_utils.Database(conn)
+        with_retry(lambda: db.executescript(SCHEMA))
+    finally:
+        conn.close()
+
+
+def with_retry(fn, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise StorageBusy(str(exc)) from exc
+            time.sleep(0.05)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, immediate: bool = True):
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; busy past the timeout -> StorageBusy."""
+    try:
+        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StorageBusy(str(exc)) from exc
+        raise
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            raise StorageBusy(str(exc)) from exc
+
+
+class ConnectionPool:
+    """One connection per thread (sqlite3 connections are not shared across threads)."""
+
+    def __init__(self, path: str, durable: bool = True, timeout: float = 10.0):
+        self.path, self.durable, self.timeout = path, durable, timeout
+        self._local = threading.local()
+
+    def get(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, self.durable, self.timeout)
+        return conn
+
+
+# ---------------------------------------------------------------- users and tokens
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(conn, name: str) -> str:
+    """Create the user if needed and a new token for it; returns the token (shown once)."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    now = time.time()
+    with transaction(conn):
+        conn.execute("INSERT OR IGNORE INTO users (name, created_at) VALUES (?, ?)", (name, now))
+        user_id = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()[0]
+        conn.execute(
+            "INSERT INTO tokens (user_id, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
+            (user_id, hash_token(token), token[:10], now))
+    return token
+
+
+def list_tokens(conn) -> list[dict]:
+    rows = conn.execute(
+        "SELECT u.name, t.prefix, t.created_at, t.revoked_at, t.last_used_at FROM tokens t "
+        "JOIN users u ON u.id = t.user_id ORDER BY u.name, t.created_at").fetchall()
+    return [dict(r) for r in rows]
+
+
+def revoke_tokens(conn, name: str) -> int:
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL AND user_id = "
+            "(SELECT id FROM users WHERE name = ?)", (time.time(), name))
+    return cur.rowcount
+
+
+def user_for_token(conn, token: str) -> dict | None:
+    """The user a live token belongs to (None for unknown or revoked tokens)."""
+    if not token or len(token) > 200:
+        return None
+    digest = hash_token(token)
+    row = conn.execute(
+        "SELECT t.token_hash, t.revoked_at, u.id, u.name FROM tokens t JOIN users u "
+        "ON u.id = t.user_id WHERE t.token_hash = ?", (digest,)).fetchone()
+    if row is None or not hmac.compare_digest(row["token_hash"], digest) or row["revoked_at"]:
+        return None
+    return {"id": row["id"], "name": row["name"]}
+
+
+def user_id_by_name(conn, name: str) -> int | None:
+    row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else None
+
+
+# ---------------------------------------------------------------- batch writes
+
+def canonical(rec: dict) -> str:
+    return json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _existing(conn, table: str, user_id: int, ids: list) -> dict:
+    found = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+                f"SELECT id, data, content_hash, revision FROM {table} "
+                f"WHERE user_id = ? AND id IN ({marks})", (user_id, *chunk)):
+            found[row["id"]] = row
+    return found
+
+
+def _changed(conn, table, user_id, records, merge):
+    """Merge each record with its stored version; keep only records whose content changed.
+    Returns [(merged record, data json, hash, revision)]."""
+    existing = _existing(conn, table, user_id, [r["id"] for r in records])
+    out = []
+    for rec in records:
+        old = existing.get(rec["id"])
+        merged = merge(json.loads(old["data"]), rec) if old else rec
+        data = canonical(merged)
+        digest = content_hash(data)
+        if old and old["content_hash"] == digest:
+            continue
+        out.append((merged, data, digest, (old["revision"] + 1) if old else 1))
+    return out
+
+
+VISIT_UPSERT = """
+INSERT INTO page_visits (user_id, id, url, title, started_at, tab_id, client_id, data,
+    content_hash, revision, received_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (user_id, id) DO UPDATE SET url = excluded.url, title = excluded.title,
+    started_at = excluded.started_at, tab_id = excluded.tab_id, client_id = excluded.client_id,
+    data = excluded.data, content_hash = excluded.content_hash, revision = excluded.revision,
+    updated_at = excluded.updated_at
+"""
+AGG_UPSERT = """
+INSERT INTO tab_aggregates (user_id, id, tab_id, client_id, start_ms, page_visit_id, data,
+    content_hash, revision, received_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (user_id, id) DO UPDATE SET tab_id = excluded.tab_id, client_id = excluded.client_id,
+    start_ms = excluded.start_ms, page_visit_id = excluded.page_visit_id, data = excluded.data,
+    content_hash = excluded.content_hash, revision = excluded.revision,
+    updated_at = excluded.updated_at
+"""
+JOB_UPSERT = """
+INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at)
+VALUES (?, ?, ?, ?, 'pending', 0, ?)
+ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revision,
+    state = 'pending', attempts = 0, created_at = excluded.created_at, enqueued_at = NULL,
+    next_attempt_at = NULL, error = NULL, traceback = NULL
+"""
+
+
+def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
+               fault: str = "") -> dict:
+    """Write an accepted batch in one transaction: all of it or none of it. Returns the
+    sync summary and the jobs to enqueue ([(task, user_id, record_id, revision)])."""
+    now = time.time()
+    sync_id = "sync_" + uuid.uuid4().hex[:16]
+    with transaction(conn):
+        visits = _changed(conn, "page_visits", user_id, batch.visits, P.merge_visit)
+        aggs = _changed(conn, "tab_aggregates", user_id, batch.aggregates, P.merge_aggregate)
+        conn.executemany(VISIT_UPSERT, [
+            (user_id, m["id"], m["url"], m.get("title"), m["started_at"], _int_or_none(m.get("tab_id")),
+             m.get("client_id"), data, digest, rev, now, now) for m, data, digest, rev in visits])
+        conn.executemany(AGG_UPSERT, [
+            (user_id, m["id"], _int_or_none(m.get("tab_id")), m.get("client_id"), m.get("start_ms"),
+             m.get("page_visit_id"), data, digest, rev, now, now) for m, data, digest, rev in aggs])
+        jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, _, rev in visits]
+        jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, _, rev in aggs]
+        conn.executemany(JOB_UPSERT, [(*job, now) for job in jobs])
+        conn.execute(
+            "INSERT INTO syncs (id, user_id, received_at, visits, aggregates, rejected, warnings, "
+            "jobs, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sync_id, user_id, now, len(batch.visits), len(batch.aggregates), len(batch.rejected),
+             len(batch.warnings), len(jobs), json.dumps(client or {})))
+        bump_counter(conn, "records_ingested", len(batch.visits) + len(batch.aggregates))
+        bump_counter(conn, "records_rejected", len(batch.rejected))
+    return {"sync_id": sync_id, "jobs": jobs}
+
+
+def _int_or_none(value):
+    return value if isinstance(value, int) else None
+
+
+def bump_counter(conn, name: str, amount: int) -> None:
+    if amount:
+        conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) "
+                     "DO UPDATE SET value = value + excluded.value", (name, amount))
+
+
+def counters(conn) -> dict:
+    return {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}
+
+
+def mark_enqueued(conn, jobs: list, now: float | None = None) -> None:
+    """After the queue accepted the messages: pending -> queued (same revision only)."""
+    now = now or time.time()
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE jobs SET state = 'queued', enqueued_at = ? WHERE task = ? AND user_id = ? "
+            "AND record_id = ? AND revision = ? AND state IN ('pending', 'queued')",
+            [(now, *job) for job in jobs])
+
+
+# ---------------------------------------------------------------- reading
+
+def load_record(conn, task: str, user_id: int, record_id: str):
+    row = conn.execute(f"SELECT * FROM {TABLE_OF[task]} WHERE user_id = ? AND id = ?",
+                       (user_id, record_id)).fetchone()
+    return row
+
+
+def all_records(conn, table: str) -> dict:
+    """{user_id: [canonical record, ...]} for a fresh recomputation."""
+    out: dict = {}
+    for row in conn.execute(f"SELECT user_id, data FROM {table} ORDER BY user_id, id"):
+        out.setdefault(row["user_id"], []).append(json.loads(row["data"]))
+    return out
+
+
+def rollup_rows(conn, user_id: int | None = None) -> dict:
+    sql = "SELECT user_id, day, host, visits, seconds, active_seconds, tab_seconds FROM rollups"
+    rows = conn.execute(sql + (" WHERE user_id = ?" if user_id is not None else ""),
+                        (user_id,) if user_id is not None else ()).fetchall()
+    return {(r["user_id"], r["day"], r["host"]): [r["visits"], r["seconds"], r["active_seconds"],
+                                                   r["tab_seconds"]] for r in rows}
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:6]}"

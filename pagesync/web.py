@@ -1,0 +1,226 @@
+"""Bottle routes: the sync endpoint, stats, health. `make_app(settings)` builds the app;
+`serve` runs it on cheroot, a multi-threaded production WSGI server."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from datetime import datetime
+
+import bottle
+
+from . import monitor, payload, processing, stats, store
+from .config import Settings
+from .queue import deliver, make_huey, queue_depth
+
+log = logging.getLogger("pagesync.web")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, errors=None, headers=None, data=None):
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.errors, self.headers, self.data = errors or [], headers or {}, data
+
+
+class RateLimiter:
+    """Per-token token bucket: `per_minute` requests a minute, bursts up to that many."""
+
+    def __init__(self, per_minute: int):
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.buckets: dict = {}
+        self.lock = threading.Lock()
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 when allowed, else the seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        now = now or time.monotonic()
+        with self.lock:
+            tokens, last = self.buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self.buckets[key] = (tokens - 1, now)
+                return 0.0
+            self.buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+def json_response(status: int, body: dict, headers: dict | None = None):
+    resp = bottle.HTTPResponse(status=status, body=json.dumps(body, ensure_ascii=False))
+    resp.set_header("Content-Type", "application/json; charset=utf-8")
+    for k, v in (headers or {}).items():
+        resp.set_header(k, str(v))
+    return resp
+
+
+def error_body(err: ApiError) -> dict:
+    body = {"success": False, "message": err.message, "errors": err.errors}
+    if err.data is not None:
+        body["data"] = err.data
+    return body
+
+
+class App:
+    """Shared state of one server process: settings, connections, queue, rate limiter."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        store.init_db(settings.db)
+        self.pool = store.ConnectionPool(settings.db, durable=True, timeout=5.0)
+        self.huey = make_huey(settings)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+
+    def authenticate(self) -> dict:
+        header = bottle.request.get_header("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "Missing bearer token: send Authorization: Bearer <token>",
+                           headers={"WWW-Authenticate": 'Bearer realm="pagesync"'})
+        user = store.user_for_token(self.pool.get(), token.strip())
+        if user is None:
+            raise ApiError(401, "Unknown or revoked token",
+                           headers={"WWW-Authenticate": 'Bearer realm="pagesync", error="invalid_token"'})
+        wait = self.limiter.take(store.hash_token(token.strip()))
+        if wait:
+            raise ApiError(429, f"Rate limit exceeded: retry in {int(wait) + 1} s",
+                           headers={"Retry-After": int(wait) + 1})
+        return user
+
+    def read_body(self) -> bytes:
+        limit = self.settings.max_body_bytes
+        length = bottle.request.content_length
+        if length > limit:
+            raise ApiError(413, f"Body is {length} bytes, over the limit of {limit}")
+        body = bottle.request.body.read(limit + 1)
+        if len(body) > limit:
+            raise ApiError(413, f"Body is over the limit of {limit} bytes")
+        return body
+
+    def sync(self):
+        user = self.authenticate()
+        raw = self.read_body()
+        req = bottle.request
+        try:
+            body = payload.decode_body(raw, req.content_type, req.get_header("Content-Encoding"),
+                                       self.settings.max_body_bytes)
+            batch = payload.parse_batch(body, int(time.time() * 1000), self.settings.max_records)
+        except payload.PayloadError as exc:
+            raise ApiError(exc.status, exc.message, exc.errors)
+        report = {"rejected_records_count": len(batch.rejected), "rejected": batch.rejected,
+                  "warnings": batch.warnings}
+        if batch.rejected and not batch.visits and not batch.aggregates:
+            raise ApiError(400, f"Every record was rejected ({len(batch.rejected)})",
+                           [e for r in batch.rejected for e in r["errors"]][:100],
+                           data={"page_visits_synced": 0, "tab_aggregates_synced": 0,
+                                 "jobs_enqueued": 0, **report})
+        conn = self.pool.get()
+        saved = store.save_batch(conn, user["id"], batch, batch.client)
+        if self.settings.fault == "exit-after-commit":
+            os._exit(3)  # test-only: the server dies between commit and enqueue
+        deliver(conn, self.huey, saved["jobs"])
+        nv, na = len(batch.visits), len(batch.aggregates)
+        message = f"Synced {nv} page visits and {na} tab aggregates"
+        if batch.rejected:
+            message += f"; {len(batch.rejected)} records rejected"
+        return json_response(200, {"success": True, "message": message, "data": {
+            "page_visits_synced": nv, "tab_aggregates_synced": na, **report,
+            "jobs_enqueued": len(saved["jobs"]), "sync_id": saved["sync_id"]}})
+
+    def stats_daily(self):
+        user = self.authenticate()
+        tz = self.settings.timezone
+        day = bottle.request.query.get("date") or processing.day_of(int(time.time() * 1000), tz)
+        try:
+            datetime.strptime(day, "%Y-%m-%d")
+        except ValueError:
+            raise ApiError(400, f"date must be YYYY-MM-DD, got {day[:40]!r}")
+        hosts = stats.figures(self.pool.get(), user["id"], day, day, "host")
+        return json_response(200, {"date": day, "timezone": tz, "hosts": hosts})
+
+    def healthz(self):
+        return json_response(200, {"status": "ok"})
+
+    def readyz(self):
+        problems = {}
+        try:
+            conn = self.pool.get()
+            with store.transaction(conn):
+                conn.execute("INSERT INTO counters (name, value) VALUES ('readyz', 0) "
+                             "ON CONFLICT (name) DO NOTHING")
+        except Exception as exc:
+            problems["database"] = str(exc)
+        if queue_depth(self.huey) < 0:
+            problems["queue"] = f"unreachable: {self.settings.describe_queue()}"
+        if problems:
+            return json_response(503, {"status": "unavailable", "problems": problems},
+                                 {"Retry-After": 5})
+        return json_response(200, {"status": "ready"})
+
+    def jobs_json(self):
+        return json_response(200, monitor.snapshot(self.pool.get(), self.huey,
+                                                   self.settings.worker_heartbeat))
+
+
+def guarded(handler):
+    """Every client-caused problem becomes a clear 4xx; storage trouble a 503; never a 500."""
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except ApiError as err:
+            return json_response(err.status, error_body(err), err.headers)
+        except store.StorageBusy:
+            return json_response(503, {"success": False, "message": "Storage busy, retry later",
+                                       "errors": []}, {"Retry-After": 2})
+        except bottle.HTTPResponse:
+            raise
+        except Exception:
+            log.exception("unexpected error")
+            return json_response(503, {"success": False, "errors": [],
+                                       "message": "Temporarily unavailable, retry later"},
+                                 {"Retry-After": 5})
+    wrapper.__name__ = handler.__name__
+    return wrapper
+
+
+def make_app(settings: Settings) -> bottle.Bottle:
+    state = App(settings)
+    app = bottle.Bottle()
+    app.config["pagesync.state"] = state
+    app.route("/api/v1/data/sync", "POST", guarded(state.sync))
+    app.route("/api/v1/stats/daily", "GET", guarded(state.stats_daily))
+    app.route("/healthz", "GET", guarded(state.healthz))
+    app.route("/readyz", "GET", guarded(state.readyz))
+    app.route("/api/v1/jobs", "GET", guarded(state.jobs_json))
+
+    def on_error(err):
+        return json.dumps({"success": False, "message": f"{err.status_line}", "errors": []})
+
+    for code in (400, 404, 405, 413, 500):
+        app.error(code)(on_error)
+    app.default_error_handler = lambda err: on_error(err)
+    return app
+
+
+def serve(settings: Settings, host: str, port: int, threads: int = 16) -> None:
+    """Run the app on cheroot until SIGTERM/SIGINT."""
+    import signal
+
+    from cheroot import wsgi
+
+    app = make_app(settings)
+    server = wsgi.Server((host, port), app, numthreads=threads, request_queue_size=128,
+                         server_name="pagesync")
+    server.max_request_body_size = settings.max_body_bytes + 1024
+
+    def stop(signum, frame):
+        threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("pagesync serving on http://%s:%d (database %s, queue %s)", host, port,
+             settings.db, settings.describe_queue())
+    server.safe_start()

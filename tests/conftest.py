@@ -1,0 +1,50 @@
+import pytest
+
+from pagesync.config import Settings
+
+from .helpers import RedisServer, Stack
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue_url(request, tmp_path):
+    """Run a test on both queue backends (Redis: a real redis-server on a free port)."""
+    if request.param == "sqlite":
+        return "sqlite"
+    server = request.getfixturevalue("redis_server")  # one per xdist process
+    import redis
+    redis.Redis.from_url(server.url).flushdb()
+    return server.url
+
+
+def make_stack(tmp_path, queue: str = "sqlite", **settings) -> Stack:
+    s = Settings(db=str(tmp_path / "pagesync.db"), queue=queue, **settings)
+    return Stack(settings=s, tmp=tmp_path)
+
+
+@pytest.fixture
+def stack_factory(tmp_path):
+    made = []
+
+    def factory(queue: str = "sqlite", **settings) -> Stack:
+        st = make_stack(tmp_path, queue, **settings)
+        made.append(st)
+        return st
+
+    yield factory
+    for st in made:
+        st.stop()
+
+
+@pytest.fixture
+def stack(stack_factory):
+    """A running server (SQLite queue, no worker yet) and its Stack."""
+    st = stack_factory()
+    st.start_server()
+    return st

@@ -1,0 +1,154 @@
+"""Issue 2: the whole pipeline with real processes (server and worker on free ports)."""
+import copy
+import json
+
+from .helpers import SAMPLES, reference, row_count, wait_for
+
+
+def test_reference_payloads_stored_queued_then_processed(stack_factory, queue_url):
+    st = stack_factory(queue_url)
+    st.start_server()
+    token = st.token("alice")
+    visits, aggs = reference("extension_visits.json"), reference("extension_aggregates.json")
+    r1, r2 = st.sync(token, visits), st.sync(token, aggs)
+    assert r1.status_code == 200, r1.text
+    assert r2.status_code == 200, r2.text
+    n_visits, n_aggs = len(visits["pageVisits"]), len(aggs["tabAggregates"])
+    assert r1.json()["data"]["page_visits_synced"] == n_visits
+    assert r2.json()["data"]["tab_aggregates_synced"] == n_aggs
+    # before any worker runs, the jobs wait in the queue
+    snap = st.snapshot()
+    assert snap["queue_depth"] == n_visits + n_aggs
+    assert snap["tasks"]["ProcessPageVisit"]["queued"] == n_visits
+    assert snap["tasks"]["ProcessTabAggregate"]["queued"] == n_aggs
+    st.start_worker()
+    st.wait_drained(60)
+    snap = st.snapshot()
+    assert snap["queue_depth"] == 0
+    assert snap["tasks"]["ProcessPageVisit"] == {"queued": 0, "running": 0, "retrying": 0,
+                                                 "done": n_visits, "failed": 0}
+    assert snap["tasks"]["ProcessTabAggregate"]["done"] == n_aggs
+    assert snap["tasks"]["ProcessTabAggregate"]["failed"] == 0
+
+
+def test_same_payload_twice_no_duplicates_no_new_jobs(stack):
+    token = stack.token()
+    body = reference("extension_visits.json")
+    first = stack.sync(token, body).json()["data"]
+    second = stack.sync(token, body).json()["data"]
+    assert first["jobs_enqueued"] == len(body["pageVisits"])
+    assert second["jobs_enqueued"] == 0
+    assert second["page_visits_synced"] == len(body["pageVisits"])
+    conn = stack.conn()
+    assert row_count(conn, "page_visits") == len(body["pageVisits"])
+    assert stack.snapshot()["queue_depth"] == len(body["pageVisits"])
+
+
+def test_longer_duration_updates_row_and_enqueues_one_job(stack):
+    token = stack.token()
+    body = reference("extension_visits.json")
+    stack.sync(token, body)
+    visit = copy.deepcopy(body["pageVisits"][0])
+    visit["duration"] += 60_000
+    visit["durationSeconds"] += 60
+    visit["lastHeartbeat"] += 60_000
+    resp = stack.sync(token, {"pageVisits": [visit], "tabAggregates": []}).json()["data"]
+    assert resp["jobs_enqueued"] == 1
+    conn = stack.conn()
+    row = conn.execute("SELECT data, revision FROM page_visits WHERE id = ?", (visit["id"],)).fetchone()
+    assert json.loads(row["data"])["duration_ms"] == visit["duration"]
+    assert row["revision"] == 2
+    assert row_count(conn, "page_visits") == len(body["pageVisits"])
+    # a late, shorter re-send loses nothing
+    stale = stack.sync(token, {"pageVisits": [body["pageVisits"][0]]}).json()["data"]
+    assert stale["jobs_enqueued"] == 0
+    row = conn.execute("SELECT data FROM page_visits WHERE id = ?", (visit["id"],)).fetchone()
+    assert json.loads(row["data"])["duration_ms"] == visit["duration"]
+
+
+def test_bad_tokens_are_401_and_store_nothing(stack):
+    token = stack.token("alice")
+    body = reference("extension_visits.json")
+    for bad in (None, "psk_wrong", "Basic abc"):
+        resp = stack.sync(bad, body) if bad != "Basic abc" else stack.sync(
+            None, body, headers={"Authorization": "Basic abc"})
+        assert resp.status_code == 401
+        assert "token" in resp.json()["message"].lower()
+    stack.cli("token", "revoke", "alice")
+    resp = stack.sync(token, body)
+    assert resp.status_code == 401
+    assert row_count(stack.conn(), "page_visits") == 0
+
+
+def test_malformed_requests_are_400_with_clear_message(stack):
+    token = stack.token()
+    cases = [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (json.dumps({"pageVisits": {"a": 1}}).encode(), "pageVisits must be an array"),
+        (json.dumps({"pageVisits": [{"id": f"v{i}", "url": "https://a.example/",
+                                     "startedAt": 1764547200000} for i in range(1001)]}).encode(),
+         "Too many records"),
+    ]
+    for raw, text in cases:
+        resp = stack.sync(token, None, raw=raw)
+        assert resp.status_code == 400, (raw[:40], resp.text)
+        assert text in resp.json()["message"]
+    resp = stack.sync(token, None, raw=b"{}", headers={"Content-Type": "text/plain"})
+    assert resp.status_code == 415
+    assert row_count(stack.conn(), "page_visits") == 0
+
+
+def test_partial_rejection_keeps_valid_records(stack):
+    token = stack.token()
+    body = reference("extension_visits.json")
+    good = body["pageVisits"][:3]
+    bad = [{**good[0], "id": "pv_neg", "visitId": "pv_neg", "duration": -1},
+           {**good[0], "id": "pv_js", "visitId": "pv_js", "url": "javascript:alert(1)"}]
+    resp = stack.sync(token, {"pageVisits": good + bad})
+    assert resp.status_code == 200
+    data = resp.json()["data"]
+    assert data["page_visits_synced"] == 3
+    assert data["rejected_records_count"] == 2
+    by_id = {r["id"]: r for r in data["rejected"]}
+    assert by_id["pv_neg"]["errors"][0]["field"] == "duration"
+    assert by_id["pv_js"]["errors"][0]["field"] == "url"
+    assert by_id["pv_neg"]["index"] == 3
+    assert row_count(stack.conn(), "page_visits") == 3
+    # every record rejected: 400
+    resp = stack.sync(token, {"pageVisits": bad})
+    assert resp.status_code == 400
+    assert resp.json()["data"]["rejected_records_count"] == 2
+
+
+def test_two_users_same_id_two_rows(stack):
+    alice, bob = stack.token("alice"), stack.token("bob")
+    body = reference("extension_visits.json")
+    stack.sync(alice, {"pageVisits": body["pageVisits"][:1]})
+    changed = dict(body["pageVisits"][0], title="bob's title", duration=5)
+    stack.sync(bob, {"pageVisits": [changed]})
+    rows = stack.conn().execute("SELECT user_id, title FROM page_visits ORDER BY user_id").fetchall()
+    assert [r["title"] for r in rows] == [body["pageVisits"][0]["title"], "bob's title"]
+
+
+def test_replay_cli_reports_and_exit_codes(stack):
+    token = stack.token()
+    res = stack.cli("replay", str(SAMPLES), "--url", stack.url, "--token", token, "--json")
+    out = json.loads(res.stdout)
+    assert out["requests_failed"] == 0
+    assert out["visits"] > 200 and out["aggregates"] > 40
+    fields = {e["field"] for r in out["rejected"] for e in r["errors"]}
+    assert {"url", "startedAt", "duration", "category", "engagementRate", "id"} <= fields
+    bad = stack.cli("replay", str(SAMPLES), "--url", stack.url, "--token", "nope", "--retries", "0",
+                    check=False)
+    assert bad.returncode == 1
+    assert "Unknown or revoked token" in bad.stdout
+
+
+def test_replay_splits_files_over_the_batch_limit(stack):
+    token = stack.token()
+    res = stack.cli("replay", str(SAMPLES / "laptop_1_visits.json"), "--url", stack.url,
+                    "--token", token, "--batch-size", "25", "--json")
+    out = json.loads(res.stdout)
+    assert out["requests_ok"] == 5  # 111 records in batches of 25
+    assert out["requests_failed"] == 0

@@ -67,13 +67,21 @@ def serve(
     dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "
                                       "needs no login on loopback.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    processes: Annotated[int, typer.Option(help="Server processes sharing the port "
+                                           "(SO_REUSEPORT) and the database.", min=1)] = 1,
+    reuse_port: Annotated[bool, typer.Option("--reuse-port", help="Bind with SO_REUSEPORT "
+                                             "(other servers may share the port).")] = False,
 ):
     """Run the HTTP server: POST /api/v1/data/sync, stats, /jobs dashboard, health."""
     from .web import serve as run
 
     setup_logging(log_level.upper())
     s = settings(db, queue, dev=True if dev else None)
-    run(s, host, port, threads)
+    if processes > 1:
+        from .multiserve import run_many
+
+        raise typer.Exit(run_many(s, host, port, threads, processes, log_level.upper()))
+    run(s, host, port, threads, reuse_port)
 
 
 @app.command()

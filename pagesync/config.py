@@ -32,6 +32,9 @@ class Settings:
     secret: str = ""
     dev: bool = False
     fault: str = ""  # test-only fault switch, e.g. "exit-after-commit"
+    # bench-only: "naive" enqueues the jobs of a batch one by one (one queue commit each),
+    # the baseline `make bench` compares the bulk enqueue with.
+    enqueue_mode: str = "bulk"
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":

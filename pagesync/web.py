@@ -121,7 +121,7 @@ class App:
         saved = store.save_batch(conn, user["id"], batch, batch.client)
         if self.settings.fault == "exit-after-commit":
             os._exit(3)  # test-only: the server dies between commit and enqueue
-        deliver(conn, self.huey, saved["jobs"])
+        deliver(conn, self.huey, saved["jobs"], self.settings.enqueue_mode)
         nv, na = len(batch.visits), len(batch.aggregates)
         message = f"Synced {nv} page visits and {na} tab aggregates"
         if batch.rejected:
@@ -205,7 +205,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
     return app
 
 
-def serve(settings: Settings, host: str, port: int, threads: int = 16) -> None:
+def serve(settings: Settings, host: str, port: int, threads: int = 16,
+          reuse_port: bool = False) -> None:
     """Run the app on cheroot until SIGTERM/SIGINT."""
     import signal
 
@@ -213,7 +214,7 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16) -> None:
 
     app = make_app(settings)
     server = wsgi.Server((host, port), app, numthreads=threads, request_queue_size=128,
-                         server_name="pagesync")
+                         server_name="pagesync", reuse_port=reuse_port)
     server.max_request_body_size = settings.max_body_bytes + 1024
 
     def stop(signum, frame):

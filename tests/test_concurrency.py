@@ -1,0 +1,74 @@
+"""Issue 6: several server processes on one database. `pagesync serve --processes 3` (three
+processes sharing the port via SO_REUSEPORT, one SQLite database), many concurrent clients:
+every answer is 200 (or 503 with Retry-After, never "database is locked" or a 500), and
+every record is stored, and enqueued, exactly once."""
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import requests
+
+from bench import payloads
+
+from .helpers import row_count
+
+CLIENTS = 12
+
+
+def post_until_stored(url: str, token: str, body: bytes, seen: list) -> dict:
+    """POST like the extension: on 503 wait Retry-After and send again."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for _ in range(20):
+        resp = requests.post(url + "/api/v1/data/sync", data=body, headers=headers, timeout=60)
+        seen.append((resp.status_code, resp.headers.get("Retry-After"), resp.text[:200]))
+        if resp.status_code != 503:
+            return resp.json()
+        time.sleep(float(resp.headers["Retry-After"]))
+    raise AssertionError("still 503 after 20 tries")
+
+
+def server_processes(proc) -> list:
+    return [c for c in psutil.Process(proc.pid).children() if "serve" in " ".join(c.cmdline())]
+
+
+def test_three_server_processes_one_database(stack_factory, queue_url):
+    st = stack_factory(queue_url)
+    server = st.start_server(args=["--processes", "3", "--threads", "8"])
+    assert len(server_processes(server)) == 3
+    token = st.token()
+    own = payloads.bodies(CLIENTS * 600, batch=200, seed=21)  # every client its own records
+    shared, n_shared = payloads.bodies(300, batch=300, seed=22)[0]  # and one same batch for all
+    unique = sum(n for _, n in own) + n_shared
+    work = [(body, 1) for body, _ in own] + [(shared, 0)] * CLIENTS
+    seen: list = []
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        answers = list(pool.map(lambda w: post_until_stored(st.url, token, w[0], seen), work))
+
+    statuses = {code for code, _, _ in seen}
+    assert statuses <= {200, 503}, [s for s in seen if s[0] not in (200, 503)][:3]
+    assert all(retry for code, retry, _ in seen if code == 503)
+    assert all(a["success"] for a in answers)
+    conn = st.conn()
+    stored = row_count(conn, "page_visits") + row_count(conn, "tab_aggregates")
+    assert stored == unique
+    assert row_count(conn, "jobs") == unique
+    # the shared batch was enqueued once, by whichever server stored it first
+    assert sum(a["data"]["jobs_enqueued"] for a in answers) == unique
+    assert st.snapshot()["queue_depth"] == unique
+    assert "locked" not in st.logs() and "unexpected error" not in st.logs()
+
+
+def test_processes_share_the_load_and_stop_together(stack_factory):
+    st = stack_factory()
+    server = st.start_server(args=["--processes", "3"])
+    children = server_processes(server)
+    token = st.token()
+    body = json.dumps({"pageVisits": [], "tabAggregates": []}).encode()
+    for _ in range(30):  # fresh connections: the kernel spreads them over the processes
+        assert post_until_stored(st.url, token, body, [])["success"]
+    busy = [c for c in children if c.cpu_times().user + c.cpu_times().system > 0]
+    assert len(busy) == 3
+    st.stop()
+    assert server.returncode == 0
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)

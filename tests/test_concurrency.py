@@ -13,7 +13,7 @@ from bench import payloads
 
 from .helpers import row_count
 
-CLIENTS = 12
+CLIENTS = 10
 
 
 def post_until_stored(url: str, token: str, body: bytes, seen: list) -> dict:
@@ -37,7 +37,7 @@ def test_three_server_processes_one_database(stack_factory, queue_url):
     server = st.start_server(args=["--processes", "3", "--threads", "8"])
     assert len(server_processes(server)) == 3
     token = st.token()
-    own = payloads.bodies(CLIENTS * 600, batch=200, seed=21)  # every client its own records
+    own = payloads.bodies(CLIENTS * 300, batch=100, seed=21)  # every client its own records
     shared, n_shared = payloads.bodies(300, batch=300, seed=22)[0]  # and one same batch for all
     unique = sum(n for _, n in own) + n_shared
     work = [(body, 1) for body, _ in own] + [(shared, 0)] * CLIENTS

@@ -84,10 +84,12 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def start_worker(self, workers: int = 2, kind: str = "thread") -> subprocess.Popen:
-        proc = procs.spawn(["worker", "--workers", str(workers), "--kind", kind,
-                            "--log-level", "WARNING"], self.settings, self.dir / "worker.log",
-                           self.env)
+    def start_worker(self, workers: int | None = None, kind: str | None = None) -> subprocess.Popen:
+        """`pagesync worker` (its own defaults unless given)."""
+        args = ["worker", "--log-level", "WARNING"]
+        args += ["--workers", str(workers)] if workers else []
+        args += ["--kind", kind] if kind else []
+        proc = procs.spawn(args, self.settings, self.dir / "worker.log", self.env)
         self.procs.append(proc)
         return proc
 
@@ -110,6 +112,14 @@ class Deployment:
                                 "('done', 'failed', 'discarded')").fetchone()[0]
         finally:
             conn.close()
+
+    def wait_done(self, timeout: float) -> None:
+        """Until no job is left to do (pending, queued, running or retrying)."""
+        deadline = time.monotonic() + timeout
+        while self.jobs_left():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.jobs_left()} jobs still not done after {timeout}s")
+            time.sleep(0.2)
 
     def jobs_done(self) -> int:
         conn = self.conn()

@@ -15,7 +15,6 @@ from pagesync import procs
 
 from . import payloads
 from .deploy import Deployment
-from .drain import wait_done
 
 
 class PeakRss(threading.Thread):
@@ -56,7 +55,7 @@ def measure_e2e(records: int = 50000, naive: bool = False, concurrency: int = 2,
         path = d.dir / "payloads.json"
         n = payloads.write_file(path, records, 1000, seed=41)
         server = d.start_server()
-        worker = d.start_plain_consumer() if naive else d.start_worker()
+        worker = d.start_plain_consumer() if naive else d.start_worker(None)
         token = d.token()
         sampler = PeakRss({"server": server, "worker": worker})
         sampler.start()
@@ -68,7 +67,7 @@ def measure_e2e(records: int = 50000, naive: bool = False, concurrency: int = 2,
         if replay.returncode != 0:
             raise RuntimeError(f"replay failed: {replay.stdout[-500:]} {replay.stderr[-500:]}")
         replayed = time.perf_counter() - started
-        wait_done(d, timeout)
+        d.wait_done(timeout)
         seconds = time.perf_counter() - started
         peak = sampler.stop()
         done = d.jobs_done()

@@ -1,0 +1,127 @@
+"""`make bench`: every benchmark against its naive baseline, measured in the same run.
+Prints a Rich table and writes it into README.md (between the bench markers).
+
+    python -m bench.run                 # the full run (a few minutes)
+    python -m bench.run --quick         # smaller sizes, one round: a smoke run
+    python -m bench.run --no-readme     # print only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from rich.console import Console
+
+from . import report
+from .deploy import RedisServer
+from .drain import measure_drain
+from .e2e import measure_e2e
+from .ingest import measure_ingest
+from .plain_drain import measure_plain_drain
+from .report import Row
+
+ROOT = Path(__file__).resolve().parent.parent
+console = Console()
+
+
+def median(fn, runs: int) -> dict:
+    """Run `fn` `runs` times; the median of each figure."""
+    results = [fn() for _ in range(runs)]
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def ingest_rows(a) -> list[Row]:
+    fast = median(lambda: measure_ingest("bulk", a.ingest_records), a.runs)
+    naive = median(lambda: measure_ingest("naive", a.ingest_records), a.runs)
+    multi = median(lambda: measure_ingest("bulk", a.ingest_records,
+                                          server_args=["--processes", "2"]), a.runs)
+    multi_naive = median(lambda: measure_ingest("naive", a.ingest_records,
+                                                server_args=["--processes", "2"]), a.runs)
+    rate = "records/s"
+    return [
+        Row("(a) ingest, 1000-record batches, 4 clients, 1 server process",
+            fast["records_per_s"], naive["records_per_s"], rate),
+        Row("(a) ingest, same, `serve --processes 2`", multi["records_per_s"],
+            multi_naive["records_per_s"], rate, floor=">= 10,000/s, >= 5x",
+            ok=multi["records_per_s"] >= 10000 and
+            multi["records_per_s"] >= 5 * multi_naive["records_per_s"]),
+        Row("(a) latency p50, 100-record batch", fast["p50_ms"], naive["p50_ms"], "ms", False),
+        Row("(a) latency p99, 100-record batch", fast["p99_ms"], naive["p99_ms"], "ms", False),
+    ]
+
+
+def drain_rows(a) -> list[Row]:
+    rows = []
+    redis = RedisServer(Path("/tmp"))
+    try:
+        for name, url in (("SQLite", "sqlite"), ("Redis", redis.url)):
+            ours = median(lambda: {"v": measure_drain(url, a.drain_jobs)}, a.runs)["v"]
+            base = median(lambda: {"v": measure_plain_drain(url, a.drain_jobs)}, a.runs)["v"]
+            rows.append(Row(f"(b) drain, {name} queue, `pagesync worker` vs plain consumer",
+                            ours, base, "jobs/s"))
+    finally:
+        redis.stop()
+    return rows
+
+
+def e2e_rows(a) -> list[Row]:
+    ours = measure_e2e(a.e2e_records)
+    try:
+        base = measure_e2e(a.e2e_records, naive=True, timeout=a.baseline_timeout)
+    except TimeoutError:
+        base = {"seconds": None, "server_rss_mb": None, "worker_rss_mb": None}
+    n = f"{ours['records']:,}"
+    return [
+        Row(f"(c) end to end, {n} records, replay start to last job done", ours["seconds"],
+            base["seconds"], "s", False, "< 60 s", ours["seconds"] < 60),
+        Row("(d) peak RSS, server process tree, during (c)", ours["server_rss_mb"],
+            base["server_rss_mb"], "MB", False, "< 200 MB", ours["server_rss_mb"] < 200),
+        Row("(d) peak RSS, worker process tree, during (c)", ours["worker_rss_mb"],
+            base["worker_rss_mb"], "MB", False, "< 200 MB", ours["worker_rss_mb"] < 200),
+    ]
+
+
+NOTES = [
+    "Baselines: the same server with `PAGESYNC_ENQUEUE_MODE=naive` (each job enqueued by "
+    "`huey.enqueue`, one queue commit per job) and, for draining, a plain Huey consumer "
+    "(`bench/plain_consumer.py`: default Consumer options, 1 worker). Ratios: higher is "
+    "better for pagesync; figures are medians of the runs.",
+    "Ingest is measured with no worker running; a 200 still means the batch was fsynced "
+    "(synchronous=FULL). Latency: 100-record batches sent one at a time.",
+    "End to end: `pagesync replay --concurrency 2` of one file, server and `pagesync worker` "
+    "on their defaults (SQLite database and queue), worker processing while replay sends.",
+    "The machine is shared with other developers' test runs: absolute figures move from run "
+    "to run; the ratios, measured in the same run, are what to compare.",
+]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="pagesync benchmarks against naive baselines")
+    ap.add_argument("--quick", action="store_true", help="small sizes, one round")
+    ap.add_argument("--runs", type=int, default=3, help="rounds of ingest and drain (median)")
+    ap.add_argument("--no-readme", action="store_true", help="do not write README.md")
+    ap.add_argument("--only", choices=("ingest", "drain", "e2e"), action="append")
+    a = ap.parse_args(argv)
+    a.ingest_records, a.drain_jobs, a.e2e_records = 12000, 3000, 50000
+    a.baseline_timeout = 240.0
+    if a.quick:
+        a.runs, a.ingest_records, a.drain_jobs, a.e2e_records = 1, 4000, 1000, 5000
+    parts = {"ingest": ingest_rows, "drain": drain_rows, "e2e": e2e_rows}
+    rows: list[Row] = []
+    for name in a.only or parts:
+        with console.status(f"measuring {name}..."):
+            rows += parts[name](a)
+    console.print(report.rich_table(rows, "pagesync benchmarks"))
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    if not a.no_readme and not a.quick and not a.only:
+        report.write_readme(ROOT / "README.md",
+                            report.markdown(rows, report.command_line(), NOTES))
+        console.print("README.md: Benchmarks section updated")
+
+
+if __name__ == "__main__":
+    main()

@@ -71,6 +71,11 @@ class App:
         self.settings = settings
         store.init_db(settings.db)
         self.pool = store.ConnectionPool(settings.db, durable=True, timeout=5.0)
+        # Marking jobs 'queued' needs no fsync: if it is lost, the reconciler re-enqueues.
+        self.light_pool = store.ConnectionPool(settings.db, durable=False, timeout=5.0)
+        # One batch write at a time per process: threads queue here (handed over at once)
+        # instead of polling SQLite's busy handler; processes still wait on SQLite's lock.
+        self.write_lock = threading.Lock()
         self.huey = make_huey(settings)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
 
@@ -117,11 +122,15 @@ class App:
                            [e for r in batch.rejected for e in r["errors"]][:100],
                            data={"page_visits_synced": 0, "tab_aggregates_synced": 0,
                                  "jobs_enqueued": 0, **report})
-        conn = self.pool.get()
-        saved = store.save_batch(conn, user["id"], batch, batch.client)
+        if not self.write_lock.acquire(timeout=5.0):
+            raise store.StorageBusy("writers queued for over 5 s")
+        try:
+            saved = store.save_batch(self.pool.get(), user["id"], batch, batch.client)
+        finally:
+            self.write_lock.release()
         if self.settings.fault == "exit-after-commit":
             os._exit(3)  # test-only: the server dies between commit and enqueue
-        deliver(conn, self.huey, saved["jobs"], self.settings.enqueue_mode)
+        deliver(self.light_pool.get(), self.huey, saved["jobs"], self.settings.enqueue_mode)
         nv, na = len(batch.visits), len(batch.aggregates)
         message = f"Synced {nv} page visits and {na} tab aggregates"
         if batch.rejected:

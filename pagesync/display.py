@@ -23,7 +23,8 @@ def snapshot_view(snap: dict) -> Group:
                                    "bold cyan" if depth >= 0 else "bold red"),
         ("   scheduled retries ", "bold"), (str(max(snap.get("scheduled", 0), 0)), "magenta"),
         ("   throughput ", "bold"), (f"{snap['throughput']['done_per_second']:.1f} jobs/s", "green"),
-        ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"))
+        ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"),
+        ("   last 60 s ", "bold"), (sparkline(snap["throughput"].get("series", [])), "green"))
     tasks = Table(title="Jobs by state", box=box.SIMPLE_HEAVY, expand=False)
     tasks.add_column("task", style="bold")
     for state, style in STATE_STYLE.items():
@@ -33,8 +34,31 @@ def snapshot_view(snap: dict) -> Group:
         tasks.add_row(task, *(str(counts[s]) for s in STATE_STYLE))
     totals = snap["totals"]
     tasks.add_row("total", *(str(totals[s]) for s in STATE_STYLE), style="bold")
-    parts = [head, tasks, workers_table(snap), in_flight_table(snap), failures_table(snap)]
+    parts = [summary_line(snap), head, tasks, workers_table(snap), in_flight_table(snap),
+             failures_table(snap)]
     return Group(*[p for p in parts if p is not None])
+
+
+SUMMARY_STYLE = {"processed": "green", "failed": "yellow", "enqueued": "cyan",
+                 "retrying": "magenta", "dead": "red"}
+
+
+def sparkline(series: list) -> str:
+    """One block character per value, scaled to the largest (pure)."""
+    bars = "▁▂▃▄▅▆▇█"
+    top = max(series, default=0)
+    return "".join(bars[min(7, int(v / top * 7))] if top else bars[0] for v in series)
+
+
+def summary_line(snap: dict) -> Text | None:
+    """The dashboard's headline figures (see monitor.summary for what each one counts)."""
+    summary = snap.get("summary")
+    if not summary:
+        return None
+    parts = []
+    for key, style in SUMMARY_STYLE.items():
+        parts += [(f"{key.capitalize()} ", "bold"), (f"{summary[key]:,}", f"bold {style}"), ("   ", "")]
+    return Text.assemble(*parts[:-1])
 
 
 def workers_table(snap: dict) -> Table:

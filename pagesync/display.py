@@ -1,6 +1,7 @@
 """Rich renderings shared by the CLI commands: snapshot tables, replay and stats summaries."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from rich import box
@@ -44,10 +45,10 @@ SUMMARY_STYLE = {"processed": "green", "failed": "yellow", "enqueued": "cyan",
 
 
 def sparkline(series: list) -> str:
-    """One block character per value, scaled to the largest (pure)."""
+    """One block character per value, scaled to the largest; any non-zero value shows (pure)."""
     bars = "▁▂▃▄▅▆▇█"
     top = max(series, default=0)
-    return "".join(bars[min(7, int(v / top * 7))] if top else bars[0] for v in series)
+    return "".join(bars[min(7, math.ceil(v / top * 7))] if top else bars[0] for v in series)
 
 
 def summary_line(snap: dict) -> Text | None:

@@ -83,13 +83,11 @@ function renderChart(series) {
     for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
     return node;
   };
-  const label = shape("text", {x: pad, y: 11, class: "axis"});
-  label.textContent = `max ${max.toFixed(2)} jobs/s · 5 s buckets, last 60 s`;
+  setText("chart-scale", `top of chart: ${max.toFixed(2)} jobs/s · 5 s buckets over the last 60 s`);
   svg.replaceChildren(
     shape("line", {x1: pad, y1: h - pad, x2: w - pad, y2: h - pad, class: "baseline"}),
     shape("polygon", {points: area, class: "area"}),
-    shape("polyline", {points: line, class: "line"}),
-    label);
+    shape("polyline", {points: line, class: "line"}));
 }
 
 async function post(path, params) {

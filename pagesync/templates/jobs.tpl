@@ -34,6 +34,7 @@
   <h2>Throughput <span class="hint" id="rate"></span></h2>
   <svg id="chart" viewBox="0 0 600 120" preserveAspectRatio="none" role="img"
        aria-label="Jobs finished per second, last 60 seconds"></svg>
+  <p class="hint" id="chart-scale"></p>
 </section>
 
 <div class="columns">

@@ -64,11 +64,15 @@ def summary_line(snap: dict) -> Text | None:
 
 def workers_table(snap: dict) -> Table:
     table = Table(title="Workers", box=box.SIMPLE, expand=False)
-    for col in ("name", "pid", "threads", "queue", "state", "seen"):
+    for col in ("name", "pid", "threads"):
+        table.add_column(col)
+    table.add_column("queue", max_width=40, overflow="ellipsis", no_wrap=True)
+    for col in ("state", "seen"):
         table.add_column(col)
     for w in snap["workers"]:
         style = {"alive": "green", "lost": "red"}.get(w["state"], "dim")
-        table.add_row(w["name"], str(w["pid"]), f"{w['concurrency']} {w['kind']}", w["queue"],
+        table.add_row(w["name"], str(w["pid"]), f"{w['concurrency']} {w['kind']}",
+                      Text(w["queue"] or ""),
                       Text(w["state"], style=style), f"{w['last_seen_seconds_ago']:.0f}s ago")
     if not snap["workers"]:
         table.add_row("no worker seen in the last 5 minutes", "", "", "", "", "")
@@ -90,9 +94,10 @@ def in_flight_table(snap: dict) -> Table | None:
 def failures_table(snap: dict) -> Table | None:
     if not snap["recent_failures"]:
         return None
-    table = Table(title="Recent failures", box=box.SIMPLE, expand=False)
-    for col in ("task", "record", "state", "attempts", "error"):
-        table.add_column(col)
+    table = Table(title="Recent failures", box=box.SIMPLE, expand=True)
+    for col in ("task", "record", "state", "attempts"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
     for f in snap["recent_failures"]:
         table.add_row(f["task"], f["record_id"], Text(f["state"], style=STATE_STYLE.get(f["state"])),
                       str(f["attempts"]), Text(str(f["error"] or "")[:80]))

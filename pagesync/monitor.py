@@ -1,6 +1,7 @@
 """One snapshot of queue and job state; `watch`, the dashboard and /metrics all read it."""
 from __future__ import annotations
 
+import re
 import time
 
 from . import jobstate, store
@@ -37,6 +38,11 @@ def throughput(conn, window: float = 60.0, now: float | None = None) -> dict:
             "series": [round(b / 5, 2) for b in buckets]}
 
 
+def hide_password(url: str | None) -> str:
+    """redis://user:secret@host -> redis://user:***@host, for showing a queue url (pure)."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url or "")
+
+
 def workers(conn, heartbeat: float, now: float | None = None) -> list:
     now = now or time.time()
     rows = conn.execute("SELECT * FROM workers WHERE last_seen >= ? ORDER BY started_at",
@@ -45,7 +51,8 @@ def workers(conn, heartbeat: float, now: float | None = None) -> list:
     for r in rows:
         alive = r["state"] != "stopped" and r["last_seen"] >= now - 3 * heartbeat - 1
         out.append({"name": r["name"], "pid": r["pid"], "hostname": r["hostname"],
-                    "concurrency": r["concurrency"], "kind": r["kind"], "queue": r["queue"],
+                    "concurrency": r["concurrency"], "kind": r["kind"],
+                    "queue": hide_password(r["queue"]),
                     "state": "alive" if alive else ("stopped" if r["state"] == "stopped" else "lost"),
                     "last_seen_seconds_ago": round(now - r["last_seen"], 1),
                     "started_at": r["started_at"]})

@@ -9,7 +9,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from pagesync import display, procs
+from pagesync import display, monitor, procs
 
 from .helpers import need, reference, wait_for
 
@@ -120,3 +120,9 @@ def test_snapshot_view_recorded_with_rich():
     assert "▁▁▂▃▅█▅▃▂▁▁▁" in text  # the throughput sparkline
     assert "3.2s" in text or "3.3s" in text  # age of the job in flight
     assert "[bold]boom[/bold]" in text  # error text is not read as Rich markup
+
+
+def test_queue_passwords_are_not_shown():
+    assert monitor.hide_password("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert monitor.hide_password("redis://ops:s3cret@h/1") == "redis://ops:***@h/1"
+    assert monitor.hide_password("sqlite:///var/lib/q.db") == "sqlite:///var/lib/q.db"

@@ -30,7 +30,6 @@ def batch() -> dict:
 @pytest.fixture
 def browser():
     need("chromium", os.path.exists("/usr/bin/chromium"))
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -128,11 +128,12 @@ def snapshot(conn, huey, heartbeat: float = 2.0) -> dict:
     tasks = task_counts(conn)
     totals = {state: sum(t[state] for t in tasks.values()) for state in SHOWN_STATES}
     counters = store.counters(conn)
+    depth = queue_depth(huey)
     return {
         "summary": summary(totals, counters),
         "generated_at": time.time(),
-        "queue_depth": queue_depth(huey),
-        "scheduled": scheduled_depth(huey),
+        "queue_depth": depth,
+        "scheduled": scheduled_depth(huey) if depth >= 0 else -1,  # no second wait on a dead queue
         "tasks": tasks,
         "totals": totals,
         "throughput": throughput(conn),

@@ -182,5 +182,8 @@ document.getElementById("discard-all").addEventListener("click", () => {
   if (window.confirm("Discard every failed job?")) act("discard", null);
 });
 document.getElementById("lookup").addEventListener("submit", lookup);
-refresh();
-setInterval(refresh, POLL_MS);
+async function poll() {
+  await refresh();
+  setTimeout(poll, POLL_MS);  // the next poll starts after this one ends: no pile-up
+}
+poll();

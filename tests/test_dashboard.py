@@ -164,3 +164,20 @@ def test_actions_need_the_csrf_token_and_servers_agree_on_it(stack_factory):
     other.settings = st.settings
     other.start_server()
     assert csrf_from(requests.get(other.url + "/jobs", auth=auth, timeout=5).text) == token
+
+
+def test_loopback_and_credential_checks():
+    from pagesync.dashboard import credentials_match, csrf_token, csrf_valid, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.8.9.10")
+    assert not is_loopback("10.0.0.1") and not is_loopback("") and not is_loopback(None)
+    assert not is_loopback("203.0.113.9, 127.0.0.1")
+    assert credentials_match(("ops", "pw"), "ops", "pw")
+    assert not credentials_match(("ops", "pw "), "ops", "pw")
+    assert not credentials_match(None, "", "")
+    assert credentials_match(("zoë", "pässwörd"), "zoë", "pässwörd")
+    token = csrf_token(b"secret-1", "ops")
+    assert csrf_valid(b"secret-1", "ops", token)
+    assert not csrf_valid(b"secret-2", "ops", token)  # another database's token
+    assert not csrf_valid(b"secret-1", "someone", token)
+    assert not csrf_valid(b"secret-1", "ops", "") and not csrf_valid(b"secret-1", "ops", "é" * 64)

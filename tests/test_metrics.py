@@ -13,7 +13,7 @@ from .helpers import RedisServer, reference, wait_for
 
 def scrape(url: str) -> dict:
     """{(sample name, frozenset(labels)): value} from a /metrics page."""
-    resp = requests.get(url + "/metrics", timeout=10)
+    resp = requests.get(url + "/metrics", timeout=30)
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
     return {(s.name, frozenset(s.labels.items())): s.value
@@ -66,7 +66,7 @@ def test_readyz_503_when_redis_stops(stack_factory, tmp_path):
         st.start_server()
         assert requests.get(st.url + "/readyz", timeout=5).status_code == 200
         redis_server.stop()
-        resp = requests.get(st.url + "/readyz", timeout=10)
+        resp = requests.get(st.url + "/readyz", timeout=30)  # redis-py retries with backoff first
         assert resp.status_code == 503
         assert "queue" in resp.json()["problems"]
         assert resp.headers["Retry-After"]

@@ -56,6 +56,9 @@ def test_browser_live_counters_failed_job_retry_and_escaping(stack_factory, brow
     dialogs = []
     page = browser.new_context(http_credentials={"username": USER, "password": PASSWORD}).new_page()
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    errors = []  # script errors and CSP violations would show here
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.goto(st.url + "/jobs")
     processed, dead = page.locator("#t-processed"), page.locator("#t-dead")
     expect(page.locator("#t-processed")).to_have_text("0")
@@ -96,6 +99,7 @@ def test_browser_live_counters_failed_job_retry_and_escaping(stack_factory, brow
     assert cells[2] == "done" and XSS_TITLE in cells
     assert page.locator("#lookup-result img").count() == 0
     assert dialogs == []
+    assert errors == []
 
 
 def test_login_required_and_security_headers(stack_factory):

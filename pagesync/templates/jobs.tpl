@@ -5,6 +5,7 @@
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{{csrf}}">
 <title>pagesync jobs</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/jobs/static/jobs.css">
 <script src="/jobs/static/jobs.js" defer></script>
 </head>

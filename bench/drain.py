@@ -131,6 +131,40 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def measure_pickup(queue_url: str = "sqlite", samples: int = 5, idle: float = 1.5) -> list[float]:
+    """Seconds from enqueueing one job to a real, idle worker starting it (each sample
+    after `idle` seconds without work, so the worker's polling has backed off fully)."""
+    with tempfile.TemporaryDirectory(prefix="pagesync-pickup-") as tmp:
+        settings = Settings(db=str(Path(tmp) / "bench.db"), queue=queue_url)
+        flush_queue(settings)
+        store.init_db(settings.db)
+        conn = store.connect(settings.db, durable=False)
+        store.create_token(conn, "bench")
+        huey = queue.make_huey(settings)
+        proc = procs.spawn(["worker"], settings, Path(tmp) / "worker.log")
+        out = []
+        try:
+            for i, visit in enumerate(make_visits(samples + 1)):
+                time.sleep(idle if i else 3.0)  # the first wait covers the worker's start-up
+                batch = payload.parse_batch({"pageVisits": [visit]}, int(time.time() * 1000))
+                saved = store.save_batch(conn, 1, batch)
+                sent = time.time()
+                queue.deliver(conn, huey, saved["jobs"])
+                while True:
+                    row = conn.execute("SELECT started_at FROM jobs WHERE record_id = ? AND "
+                                       "state = 'done'", (visit["id"],)).fetchone()
+                    if row:
+                        break
+                    time.sleep(0.005)
+                if i:
+                    out.append(row[0] - sent)
+        finally:
+            procs.stop(proc, timeout=30)
+            conn.close()
+            flush_queue(settings)
+        return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=5000)
@@ -138,7 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int)
     ap.add_argument("--kind", choices=("thread", "process"))
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--pickup", action="store_true", help="measure idle pickup latency instead")
     a = ap.parse_args(argv)
+    if a.pickup:
+        lat = measure_pickup(a.queue)
+        print(f"{a.queue}: idle pickup latency max {max(lat):.3f} s, "
+              f"samples {[round(x, 3) for x in lat]}")
+        return
     for _ in range(a.runs):
         fig = drain_figures(a.queue, a.jobs, a.workers, a.kind)
         print(f"{a.queue} workers={a.workers or 'default'} kind={a.kind or 'default'}: "

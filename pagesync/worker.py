@@ -8,6 +8,7 @@ supervisor is one more child of the consumer, and every process opens its own co
 (the job runner's pool is keyed by pid)."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -110,6 +111,8 @@ class Supervisor(BaseProcess):
         # opened here, in the thread or process that uses them: never shared across a fork
         self.conn = store.connect(self.settings.db, durable=False)
         self.queue = make_huey(self.settings)
+        # a lower cap on the failed list takes effect when a worker starts
+        store.with_retry(lambda: jobstate.prune_failed_now(self.conn, self.settings.failed_keep))
 
     def loop(self, now=None) -> None:
         try:
@@ -184,6 +187,23 @@ class GracefulProcessEnvironment(ProcessEnvironment):
     def init_child(self, process):
         super().init_child(process)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent(self.parent_pid)
+
+    def create_process(self, runnable, name):
+        self.parent_pid = os.getpid()
+        return super().create_process(runnable, name)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """A child of a worker killed with SIGKILL (or by the OOM killer) must not live on,
+    taking jobs under a dead worker's name: Linux kills it with its parent
+    (prctl PR_SET_PDEATHSIG); its jobs in flight are then found like any dead worker's."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the heartbeat still tells
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 class PagesyncConsumer(Consumer):

@@ -8,15 +8,17 @@ supervisor is one more child of the consumer, and every process opens its own co
 (the job runner's pool is keyed by pid)."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
 import time
 
+import redis
 from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Worker
 
-from . import jobs, jobstate, store
+from . import jobs, jobstate, processing, store
 from .config import Settings
 from .queue import dequeue_batch, make_huey, reconcile
 
@@ -24,7 +26,7 @@ log = logging.getLogger("pagesync.worker")
 # A batch grows while it takes less than this, and shrinks when it takes more: fast jobs go
 # in batches (one transaction each), slow ones one at a time, and the work in flight at a
 # shutdown stays short.
-BATCH_SECONDS = 0.1
+BATCH_SECONDS = 0.2
 
 
 def next_batch_size(size: int, taken: int, seconds: float, limit: int) -> int:
@@ -109,6 +111,8 @@ class Supervisor(BaseProcess):
         # opened here, in the thread or process that uses them: never shared across a fork
         self.conn = store.connect(self.settings.db, durable=False)
         self.queue = make_huey(self.settings)
+        # a lower cap on the failed list takes effect when a worker starts
+        store.with_retry(lambda: jobstate.prune_failed_now(self.conn, self.settings.failed_keep))
 
     def loop(self, now=None) -> None:
         try:
@@ -141,6 +145,37 @@ def beat(conn, settings: Settings, name: str, pid: int, workers: int, kind: str,
         conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - 3600,))
 
 
+class RepeatedErrors(logging.Filter):
+    """An error that repeats (the queue is down: every poll fails) is logged once per
+    `every` seconds, with its traceback only the first time (never for a connection
+    error: the message says it all); rendering tracebacks at each poll would burn the
+    CPU the worker is meant to leave alone while it waits."""
+
+    def __init__(self, every: float = 30.0):
+        super().__init__()
+        self.every, self.last = every, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        exc = record.exc_info[1]
+        key = (record.name, record.msg, type(exc))
+        now = time.monotonic()
+        if key in self.last and now - self.last[key] < self.every:
+            return False
+        if key in self.last or isinstance(exc, CONNECTION_ERRORS):
+            again = " (still failing)" if key in self.last else ""
+            record.msg, record.args = f"{record.getMessage()}: {exc}{again}", ()
+            record.exc_info = record.exc_text = None
+        self.last[key] = now
+        return True
+
+
+CONNECTION_ERRORS = (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+QUIET_LOGGERS = ("huey.consumer.Worker", "huey.consumer.Scheduler", "huey.consumer.Supervisor",
+                 "pagesync.queue")
+
+
 class GracefulProcessEnvironment(ProcessEnvironment):
     """Process children ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process
     group; only the parent decides), and are interrupted past the shutdown timeout by
@@ -152,6 +187,23 @@ class GracefulProcessEnvironment(ProcessEnvironment):
     def init_child(self, process):
         super().init_child(process)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent(self.parent_pid)
+
+    def create_process(self, runnable, name):
+        self.parent_pid = os.getpid()
+        return super().create_process(runnable, name)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """A child of a worker killed with SIGKILL (or by the OOM killer) must not live on,
+    taking jobs under a dead worker's name: Linux kills it with its parent
+    (prctl PR_SET_PDEATHSIG); its jobs in flight are then found like any dead worker's."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the heartbeat still tells
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 class PagesyncConsumer(Consumer):
@@ -205,6 +257,10 @@ def run_worker(settings: Settings, workers: int = 2, kind: str = "thread") -> No
     """Run the consumer until SIGTERM/SIGINT; in-flight jobs finish within
     settings.shutdown_timeout, the rest go back to the queue via the reconciler."""
     store.init_db(settings.db)
+    repeated = RepeatedErrors()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).addFilter(repeated)
+    processing.warm_up()  # before forking: process workers share the parsed suffix list
     huey = make_huey(settings)
     consumer = PagesyncConsumer(
         huey, settings, workers=workers, worker_type=kind, initial_delay=0.02, backoff=1.5,

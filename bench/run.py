@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-readme", action="store_true", help="do not write README.md")
     ap.add_argument("--only", choices=("ingest", "drain", "e2e"), action="append")
     a = ap.parse_args(argv)
-    a.ingest_records, a.drain_jobs, a.e2e_records = 12000, 3000, 50000
+    a.ingest_records, a.drain_jobs, a.e2e_records = 10000, 2000, 50000
     a.baseline_timeout = 240.0
     if a.quick:
         a.runs, a.ingest_records, a.drain_jobs, a.e2e_records = 1, 4000, 1000, 5000

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 
-from . import jobs, jobstate, store
+from . import jobs, jobstate, quietlog, store
 from .config import Settings
 from .queue import make_huey, reconcile
 
@@ -70,6 +70,7 @@ def run_worker(settings: Settings, workers: int = 2, kind: str = "thread") -> No
     """Run the consumer until SIGTERM/SIGINT; in-flight jobs finish within
     settings.shutdown_timeout, the rest go back to the queue via the reconciler."""
     store.init_db(settings.db)
+    quietlog.install()
     huey = make_huey(settings)
     consumer = huey.create_consumer(
         workers=workers, worker_type=kind, initial_delay=0.02, backoff=1.5, max_delay=0.25,

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 import redis
 import requests
@@ -346,7 +347,11 @@ def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory
                               "pending": len(aggs["tabAggregates"])}
         assert requests.get(st.url + "/readyz", timeout=5).status_code == 503
         worker = st.start_worker()
+        time.sleep(1.5)
+        cpu = psutil.Process(worker.pid)
+        before = sum(cpu.cpu_times()[:2])
         time.sleep(2)
+        assert (sum(cpu.cpu_times()[:2]) - before) / 2 < 0.25  # waits, does not spin
         assert worker.poll() is None
         assert states(st).get("done", 0) == 0
         server.start()

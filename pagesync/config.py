@@ -26,6 +26,7 @@ class Settings:
     lost_after: float = 120.0
     worker_heartbeat: float = 2.0
     shutdown_timeout: float = 30.0
+    worker_batch: int = 100  # most jobs a worker takes off the queue at once
     failed_keep: int = 10000
     dashboard_user: str = ""
     dashboard_password: str = ""

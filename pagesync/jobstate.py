@@ -21,20 +21,29 @@ def backoff_delay(attempt: int, base: float, cap: float = 3600.0) -> float:
     return round(delay * random.uniform(0.9, 1.1), 3)
 
 
+def verdict(row, revision: int, max_attempts: int) -> str:
+    """What to do with a delivered job given its row: 'run', 'skip' or 'exhausted'."""
+    if row is None or row["state"] in RETRYABLE_STATES:
+        return "skip"
+    if row["state"] == "done" and (row["done_revision"] or 0) >= revision:
+        return "skip"
+    return "exhausted" if row["attempts"] + 1 > max_attempts else "run"
+
+
+def _job_row(conn, task: str, user_id: int, record_id: str):
+    return conn.execute("SELECT * FROM jobs WHERE task = ? AND user_id = ? AND record_id = ?",
+                        (task, user_id, record_id)).fetchone()
+
+
 def begin(conn, task: str, user_id: int, record_id: str, revision: int, worker: str,
           max_attempts: int) -> str:
     """Count the attempt before running it (so a job that kills its worker still uses up
     its attempts). Returns 'run', 'skip' (nothing to do) or 'exhausted'."""
     now = time.time()
     with transaction(conn):
-        row = conn.execute("SELECT * FROM jobs WHERE task = ? AND user_id = ? AND record_id = ?",
-                           (task, user_id, record_id)).fetchone()
-        if row is None or row["state"] in RETRYABLE_STATES:
-            return "skip"
-        if row["state"] == "done" and (row["done_revision"] or 0) >= revision:
-            return "skip"
-        attempts = row["attempts"] + 1
-        if attempts > max_attempts:
+        row = _job_row(conn, task, user_id, record_id)
+        outcome = verdict(row, revision, max_attempts)
+        if outcome == "exhausted":
             conn.execute(
                 "UPDATE jobs SET state = 'failed', finished_at = ?, error = COALESCE(error, ?) "
                 "WHERE task = ? AND user_id = ? AND record_id = ?",
@@ -42,12 +51,37 @@ def begin(conn, task: str, user_id: int, record_id: str, revision: int, worker: 
                       "(killed, out of memory or crashed) before it finished",
                  task, user_id, record_id))
             record_event(conn, task, "failed", now)
-            return "exhausted"
-        conn.execute(
-            "UPDATE jobs SET state = 'running', attempts = ?, started_at = ?, worker = ? "
-            "WHERE task = ? AND user_id = ? AND record_id = ?",
-            (attempts, now, worker, task, user_id, record_id))
-    return "run"
+        elif outcome == "run":
+            conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = ?, started_at = ?, worker = ? "
+                "WHERE task = ? AND user_id = ? AND record_id = ?",
+                (row["attempts"] + 1, now, worker, task, user_id, record_id))
+    return outcome
+
+
+def begin_many(conn, jobs: list, worker: str, max_attempts: int) -> list[str]:
+    """begin() for a batch of jobs in one transaction; one verdict per job: 'run' (attempt
+    counted and committed), 'skip' (nothing to do, or the same job earlier in the batch) or
+    'alone'. A job that already had an attempt (a retry, or a redelivery after its worker
+    died) is left untouched and answered 'alone': the caller runs it on its own with
+    begin(), so a job that kills its worker takes its batch-mates down at most once."""
+    now = time.time()
+    out, running, seen = [], [], set()
+    with transaction(conn):
+        for task, user_id, record_id, revision in jobs:
+            key = (task, user_id, record_id)
+            row = None if key in seen else _job_row(conn, *key)
+            outcome = verdict(row, revision, max_attempts)
+            if outcome != "skip" and row["attempts"] > 0:
+                outcome = "alone"
+            elif outcome == "run":
+                running.append((now, worker, *key))
+            seen.add(key)
+            out.append(outcome)
+        conn.executemany(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, "
+            "worker = ? WHERE task = ? AND user_id = ? AND record_id = ?", running)
+    return out
 
 
 def finish(conn, task: str, user_id: int, record_id: str, processed_revision: int) -> None:

@@ -114,20 +114,34 @@ def site_of(host: str) -> str:
     return _psl().privatesuffix(host) or host
 
 
-def categorise(host: str, url: str = "") -> str:
-    """Category from rules on the host (and path for a few), `unclassified` otherwise."""
-    path = ""
-    if url:
-        try:
-            path = urlsplit(url).path
-        except ValueError:
-            path = ""
+@lru_cache(maxsize=65536)
+def _host_rules(host: str) -> tuple:
+    """The (category, path) rules whose host matches, in rule order."""
+    out = []
     for category, patterns in CATEGORY_RULES:
         for pattern in patterns:
             rule_host, _, rule_path = pattern.partition("/")
             if host == rule_host or host.endswith("." + rule_host):
-                if not rule_path or path.startswith("/" + rule_path) or f"/{rule_path}/" in path:
-                    return category
+                out.append((category, rule_path))
+    return tuple(out)
+
+
+def _url_path(url: str) -> str:
+    try:
+        return urlsplit(url).path if url else ""
+    except ValueError:
+        return ""
+
+
+def categorise(host: str, url: str = "") -> str:
+    """Category from rules on the host (and path for a few), `unclassified` otherwise."""
+    path = None
+    for category, rule_path in _host_rules(host):
+        if not rule_path:
+            return category
+        path = _url_path(url) if path is None else path
+        if path.startswith("/" + rule_path) or f"/{rule_path}/" in path:
+            return category
     return "unclassified"
 
 

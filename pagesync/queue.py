@@ -67,6 +67,32 @@ def enqueue_jobs(huey, jobs: list) -> None:
             cur.executemany("INSERT INTO task (queue, data, priority) VALUES (?, ?, ?)", rows)
 
 
+def dequeue_batch(huey, limit: int) -> list[bytes]:
+    """Take up to `limit` messages off the queue in one round trip (Redis: RPOP with a
+    count) or one transaction (SQLite: DELETE ... RETURNING). When nothing is waiting,
+    Redis blocks on BRPOP for a moment, so an idle worker picks a new job up at once."""
+    storage = huey.storage
+    if limit > 1 and isinstance(huey, RedisHuey):
+        items = storage.conn.rpop(storage.queue_key, limit)
+        if items:
+            return items
+    elif limit > 1:
+        return _sqlite_dequeue(storage, limit)
+    data = storage.dequeue()
+    return [] if data is None else [data]
+
+
+def _sqlite_dequeue(storage, limit: int) -> list[bytes]:
+    if not storage.sql("SELECT 1 FROM task WHERE queue = ? LIMIT 1", (storage.name,), results=True):
+        return []  # the usual idle case, without taking the write lock
+    with storage.db(commit=True) as cur:
+        rows = cur.execute(
+            "DELETE FROM task WHERE id IN (SELECT id FROM task WHERE queue = ? "
+            "ORDER BY priority DESC, id LIMIT ?) RETURNING id, data", (storage.name, limit)
+        ).fetchall()
+    return [bytes(data) for _, data in sorted(rows)]
+
+
 def queue_depth(huey) -> int:
     try:
         return int(huey.pending_count())

@@ -18,6 +18,8 @@ def apply_delta(conn, user_id: int, delta: dict) -> None:
             "active_seconds = active_seconds + excluded.active_seconds, "
             "tab_seconds = tab_seconds + excluded.tab_seconds",
             (user_id, day, host, R.site_of(host), visits, seconds, active, tab))
+        if min(visits, seconds, active, tab) >= 0:
+            continue  # nothing was taken away: the row cannot have dropped to zero
         conn.execute(
             "DELETE FROM rollups WHERE user_id = ? AND day = ? AND host = ? AND visits = 0 "
             "AND seconds = 0 AND active_seconds = 0 AND tab_seconds = 0", (user_id, day, host))

@@ -1,69 +1,204 @@
-"""`pagesync worker`: the Huey consumer plus what Huey lacks for our guarantees: a
-heartbeat (so jobs of a dead worker are found), the reconciler, and a graceful shutdown
-on SIGTERM as well as SIGINT."""
+"""`pagesync worker`: the Huey consumer plus what Huey lacks for our guarantees and speed:
+workers that take jobs in batches, a supervisor (heartbeat, so jobs of a dead worker are
+found; the reconciler; pruning), and a graceful shutdown on SIGTERM as well as SIGINT.
+
+Process workers: the consumer's main process keeps no thread and no SQLite connection, so
+forking a worker (at start, or to replace a dead one) never copies a held lock; the
+supervisor is one more child of the consumer, and every process opens its own connections
+(the job runner's pool is keyed by pid)."""
 from __future__ import annotations
 
 import logging
 import os
 import signal
 import socket
-import threading
 import time
+
+from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Worker
 
 from . import jobs, jobstate, quietlog, store
 from .config import Settings
-from .queue import make_huey, reconcile
+from .queue import dequeue_batch, make_huey, reconcile
 
 log = logging.getLogger("pagesync.worker")
+# A batch grows while it takes less than this, and shrinks when it takes more: fast jobs go
+# in batches (one transaction each), slow ones one at a time, and the work in flight at a
+# shutdown stays short.
+BATCH_SECONDS = 0.1
 
 
-class Supervisor(threading.Thread):
-    """Heartbeat, reconciler and pruning, in a thread of the consumer's main process."""
+def next_batch_size(size: int, taken: int, seconds: float, limit: int) -> int:
+    """The next batch size: halved when a batch ran past BATCH_SECONDS, doubled (up to
+    `limit`) when a full batch took under half of it."""
+    if seconds > BATCH_SECONDS:
+        return max(1, size // 2)
+    if taken >= size and seconds < BATCH_SECONDS / 2:
+        return min(max(1, limit), size * 2)
+    return min(size, max(1, limit))
 
-    def __init__(self, settings: Settings, workers: int, kind: str):
-        super().__init__(name="pagesync-supervisor", daemon=True)
-        self.settings, self.workers, self.kind = settings, workers, kind
-        self.stop_event = threading.Event()
-        self.name_ = jobs.WORKER_NAME["name"]
 
-    def run(self) -> None:
-        conn = store.connect(self.settings.db, durable=False)
-        huey = make_huey(self.settings)  # its own instance: never shared with forked workers
-        next_reconcile = 0.0
-        next_prune = time.monotonic() + 60
-        while not self.stop_event.is_set():
-            try:
-                self.beat(conn, "running")
-                if time.monotonic() >= next_reconcile:
-                    reconcile(conn, huey, self.settings)
-                    next_reconcile = time.monotonic() + self.settings.reconcile_interval
-                if time.monotonic() >= next_prune:
-                    jobstate.prune_events(conn)
-                    next_prune = time.monotonic() + 300
-            except Exception:
-                log.exception("supervisor round failed; trying again")
-            self.stop_event.wait(self.settings.worker_heartbeat)
-        conn.close()
+class BatchWorker(Worker):
+    """A Huey worker that dequeues up to `size` messages at once and runs pagesync's tasks
+    through JobRunner.run_many; other messages (and messages not yet due) go through
+    Huey's own execute."""
 
-    def beat(self, conn, state: str) -> None:
-        now = time.time()
-        with store.transaction(conn):
-            conn.execute(
-                "INSERT INTO workers (name, pid, hostname, started_at, last_seen, concurrency, "
-                "kind, queue, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
-                "UPDATE SET last_seen = excluded.last_seen, state = excluded.state",
-                (self.name_, os.getpid(), socket.gethostname(), now, now, self.workers, self.kind,
-                 self.settings.describe_queue(), state))
-            conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - 3600,))
+    def __init__(self, huey, stop_flag, default_delay, max_delay, backoff, max_tasks=None,
+                 settings: Settings | None = None):
+        super().__init__(huey, stop_flag, default_delay, max_delay, backoff, max_tasks)
+        self.settings = settings
+        self.size = 1
 
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=5)
-        conn = store.connect(self.settings.db, durable=False)
+    def loop(self, now=None):
         try:
-            store.with_retry(lambda: self.beat(conn, "stopped"))
+            messages = dequeue_batch(self.huey, self.size)
+        except Exception:
+            self._logger.exception("Error reading from queue")
+            self.sleep()
+            return
+        if not messages:
+            if not self.huey.storage.blocking:
+                self.sleep()
+            return
+        self.delay = self.default_delay
+        started = time.monotonic()
+        self.run_messages(messages, now)
+        self.size = next_batch_size(self.size, len(messages), time.monotonic() - started,
+                                    self.settings.worker_batch)
+
+    def run_messages(self, messages: list, now=None) -> None:
+        ours, tasks = [], []
+        for data in messages:
+            try:
+                task = self.huey.deserialize_task(data)
+            except Exception:
+                self._logger.exception("Dropped a message that cannot be read")
+                continue
+            if task.name in self.huey.pagesync_tasks and self.huey.ready_to_run(task, now):
+                ours.append(task)
+            else:
+                self.execute(task, now)
+        jobs_ = [(t.name, *t.args) for t in ours]
+        self.huey._tasks_in_flight.update(ours)  # a process worker can be interrupted
+        try:
+            retries = jobs.runner_for(self.settings).run_many(jobs_) if jobs_ else []
         finally:
-            conn.close()
+            self.huey._tasks_in_flight.difference_update(ours)
+        for job, delay in retries:
+            jobs.schedule_retry(self.huey, job, delay)
+
+    def execute(self, task, now=None) -> None:
+        try:
+            self.huey.execute(task, now)
+        except Exception:
+            self._logger.exception("Unhandled error during execution of task %s.", task.id)
+
+
+class Supervisor(BaseProcess):
+    """Heartbeat, reconciler and pruning: one more thread or process of the consumer."""
+    process_name = "Supervisor"
+
+    def __init__(self, huey, stop_flag, settings: Settings, workers: int, kind: str, pid: int):
+        super().__init__(huey, stop_flag)
+        self.settings, self.workers, self.kind, self.pid = settings, workers, kind, pid
+        self.name_ = jobs.WORKER_NAME["name"]
+        self.conn = self.queue = None
+        self.next_reconcile = 0.0
+        self.next_prune = time.monotonic() + 60
+
+    def initialize(self) -> None:
+        # opened here, in the thread or process that uses them: never shared across a fork
+        self.conn = store.connect(self.settings.db, durable=False)
+        self.queue = make_huey(self.settings)
+
+    def loop(self, now=None) -> None:
+        try:
+            beat(self.conn, self.settings, self.name_, self.pid, self.workers, self.kind, "running")
+            if time.monotonic() >= self.next_reconcile:
+                reconcile(self.conn, self.queue, self.settings)
+                self.next_reconcile = time.monotonic() + self.settings.reconcile_interval
+            if time.monotonic() >= self.next_prune:
+                jobstate.prune_events(self.conn)
+                self.next_prune = time.monotonic() + 300
+        except Exception:
+            self._logger.exception("supervisor round failed; trying again")
+        self.stop_flag.wait(self.settings.worker_heartbeat)
+
+    def shutdown(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def beat(conn, settings: Settings, name: str, pid: int, workers: int, kind: str,
+         state: str) -> None:
+    now = time.time()
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO workers (name, pid, hostname, started_at, last_seen, concurrency, "
+            "kind, queue, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
+            "UPDATE SET last_seen = excluded.last_seen, state = excluded.state",
+            (name, pid, socket.gethostname(), now, now, workers, kind,
+             settings.describe_queue(), state))
+        conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - 3600,))
+
+
+class GracefulProcessEnvironment(ProcessEnvironment):
+    """Process children ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process
+    group; only the parent decides), and are interrupted past the shutdown timeout by
+    SIGUSR1."""
+
+    def __init__(self, graceful, interrupt):
+        super().__init__(signal.SIGTERM, signal.SIGUSR1)
+
+    def init_child(self, process):
+        super().init_child(process)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class PagesyncConsumer(Consumer):
+    """Huey's consumer with BatchWorker workers and the Supervisor, started after the
+    workers (so no thread exists when they are forked)."""
+    worker_class = BatchWorker
+
+    def __init__(self, huey, settings: Settings, **options):
+        self.settings = settings
+        super().__init__(huey, **options)
+        self.supervisor = self._new_supervisor()
+        # Both SIGTERM (systemd, Docker, Kubernetes) and SIGINT (Ctrl-C) stop gracefully.
+        self._signal_actions[signal.SIGINT] = (False, True)
+        self._signal_actions[signal.SIGTERM] = (False, True)
+
+    def get_environment(self, worker_type):
+        if worker_type == "process":
+            return GracefulProcessEnvironment(self._graceful_sig, self._interrupt_sig)
+        return super().get_environment(worker_type)
+
+    def _create_worker(self):
+        return self.worker_class(
+            huey=self.huey, stop_flag=self.stop_flag, default_delay=self.default_delay,
+            max_delay=self.max_delay, backoff=self.backoff, max_tasks=self.max_tasks,
+            settings=self.settings)
+
+    def _new_supervisor(self):
+        sup = Supervisor(self.huey, self.stop_flag, self.settings, self.workers,
+                         self.worker_type, os.getpid())
+        return self._create_process(sup, "Supervisor")
+
+    def start(self):
+        super().start()
+        self.supervisor.start()
+
+    def _join_workers(self):
+        done = super()._join_workers()
+        self.supervisor.join(self.settings.worker_heartbeat + 1)
+        return done
+
+    def check_worker_health(self):
+        healthy = super().check_worker_health()
+        if not self.environment.is_alive(self.supervisor):
+            self._logger.warning("Supervisor died, restarting.")
+            self.supervisor = self._new_supervisor()
+            self.supervisor.start()
+        return healthy
 
 
 def run_worker(settings: Settings, workers: int = 2, kind: str = "thread") -> None:
@@ -72,19 +207,21 @@ def run_worker(settings: Settings, workers: int = 2, kind: str = "thread") -> No
     store.init_db(settings.db)
     quietlog.install()
     huey = make_huey(settings)
-    consumer = huey.create_consumer(
-        workers=workers, worker_type=kind, initial_delay=0.02, backoff=1.5, max_delay=0.25,
-        scheduler_interval=1, periodic=True, check_worker_health=True, health_check_interval=5,
-        shutdown_timeout=settings.shutdown_timeout, graceful_signal="TERM")
-    # Both SIGTERM (systemd, Docker, Kubernetes) and SIGINT (Ctrl-C) stop gracefully.
-    consumer._signal_actions[signal.SIGINT] = (False, True)
-    consumer._signal_actions[signal.SIGTERM] = (False, True)
-    supervisor = Supervisor(settings, workers, kind)
-    supervisor.start()
-    log.info("worker %s: %d %s worker(s) on %s, database %s", supervisor.name_, workers, kind,
+    consumer = PagesyncConsumer(
+        huey, settings, workers=workers, worker_type=kind, initial_delay=0.02, backoff=1.5,
+        max_delay=0.25, scheduler_interval=1, periodic=True, check_worker_health=True,
+        health_check_interval=5, shutdown_timeout=settings.shutdown_timeout,
+        graceful_signal="TERM")
+    name = jobs.WORKER_NAME["name"]
+    log.info("worker %s: %d %s worker(s) on %s, database %s", name, workers, kind,
              settings.describe_queue(), settings.db)
     try:
         consumer.run()
     finally:
-        supervisor.stop()
-        log.info("worker %s stopped", supervisor.name_)
+        conn = store.connect(settings.db, durable=False)
+        try:
+            store.with_retry(lambda: beat(conn, settings, name, os.getpid(), workers, kind,
+                                          "stopped"))
+        finally:
+            conn.close()
+        log.info("worker %s stopped", name)

@@ -1,0 +1,274 @@
+"""Issue 6: the worker. Pickup latency when idle, thread and process workers that drain
+everything and stop on SIGTERM/SIGINT, exact rollups with several workers, batches that
+keep every job's own outcome, and bulk enqueue that really is bulk."""
+import copy
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import redis
+
+from pagesync import jobs, jobstate, queue, stats, store
+from pagesync.config import Settings
+from pagesync.worker import BATCH_SECONDS, next_batch_size
+
+from .helpers import reference, row_count, wait_for
+
+FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
+
+
+def states(st) -> dict:
+    rows = st.conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def sync_ok(st, token, body) -> dict:
+    resp = st.sync(token, body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["data"]
+
+
+def visits_body(n: int, prefix: str = "pv", start: int = 1764547200000, tabs: int = 7) -> dict:
+    """n valid extension visits over a few tabs, hosts and two days."""
+    hosts = ("en.wikipedia.org", "github.com", "news.bbc.co.uk", "www.youtube.com", "x.com")
+    out = []
+    for i in range(n):
+        started = start + i * 97_000
+        out.append({"id": f"{prefix}_{started}_{i % tabs}", "url": f"https://{hosts[i % 5]}/p/{i}",
+                    "title": f"page {i}", "startedAt": started, "duration": 1000 + 7919 * i % 600_000,
+                    "activeDuration": 500 + 3571 * i % 1000, "tabId": i % tabs})
+    return {"pageVisits": out, "tabAggregates": [], "anonymousClientId": "anon_worker_test"}
+
+
+def exact(st) -> None:
+    """Every record processed at its latest revision; rollups equal a fresh computation."""
+    conn = st.conn()
+    for table in ("page_visits", "tab_aggregates"):
+        behind = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE processed_revision IS NULL "
+                              f"OR processed_revision < revision").fetchone()[0]
+        assert behind == 0, f"{behind} {table} not processed"
+    check = stats.verify(conn, "UTC")
+    assert check["equal"], check["differences"]
+    assert conn.execute("SELECT SUM(visits) FROM rollups").fetchone()[0] == row_count(conn, "page_visits")
+
+
+def worker_children(proc) -> list:
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_exit(proc, timeout: float) -> int:
+    proc.wait(timeout)
+    return proc.returncode
+
+
+# ---------------------------------------------------------------- pickup latency
+
+def test_idle_worker_picks_up_a_new_job_within_a_second(stack_factory, queue_url):
+    st = stack_factory(queue_url, **FAST)
+    st.start_server()
+    token = st.token()
+    st.start_worker()
+    wait_for(lambda: any(w["state"] == "alive" for w in st.snapshot()["workers"]), 20,
+             "the worker's heartbeat")
+    body = reference("extension_visits.json")
+    latencies = []
+    for i, visit in enumerate(body["pageVisits"][:3]):
+        time.sleep(1.5)  # idle long enough for the polling to back off fully
+        sent = time.time()
+        assert sync_ok(st, token, {"pageVisits": [visit]})["jobs_enqueued"] == 1
+        row = wait_for(lambda: st.conn().execute(
+            "SELECT started_at, finished_at, state FROM jobs WHERE record_id = ? AND state = 'done'",
+            (visit["id"],)).fetchone(), 10, "the new job done")
+        latencies.append(row["started_at"] - sent)
+    assert all(0 <= lat < 1.0 for lat in latencies), latencies
+
+
+# ---------------------------------------------------------------- drain and stop
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_workers_drain_everything_then_stop_on_sigterm(stack_factory, queue_url, kind):
+    st = stack_factory(queue_url, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, aggs = reference("extension_visits.json"), reference("extension_aggregates.json")
+    sync_ok(st, token, visits)
+    sync_ok(st, token, aggs)
+    sync_ok(st, token, visits_body(300))
+    total = len(visits["pageVisits"]) + len(aggs["tabAggregates"]) + 300
+    worker = st.start_worker(workers=2, kind=kind)
+    st.wait_drained(60)
+    assert states(st) == {"done": total}
+    exact(st)
+    snap = st.snapshot()
+    assert snap["queue_depth"] == 0
+    (me,) = [w for w in snap["workers"] if w["pid"] == worker.pid]
+    assert me["kind"] == kind and me["state"] == "alive"
+    if kind == "process":  # two workers, the scheduler and the supervisor
+        assert len(worker_children(worker)) == 4
+    children = worker_children(worker)
+    t0 = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert wait_exit(worker, 10) == 0
+    assert time.monotonic() - t0 < 5
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert [w["state"] for w in st.snapshot()["workers"] if w["pid"] == worker.pid] == ["stopped"]
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_process_workers_finish_in_flight_jobs_on_signal(stack_factory, how):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group, children included:
+    only the parent decides, and the jobs in flight finish."""
+    st = stack_factory(shutdown_timeout=10, **FAST)
+    st.start_server()
+    token = st.token()
+    sync_ok(st, token, reference("extension_visits.json"))
+    worker = st.start_worker(workers=2, kind="process", extra_env={"PAGESYNC_FAULT": "slow-job:0.6"})
+    wait_for(lambda: states(st).get("done", 0) >= 1 and states(st).get("running", 0) >= 1, 30,
+             "a drain in progress")
+    if how == "SIGTERM":
+        worker.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(worker.pid, signal.SIGINT)  # the worker leads its own process group
+    assert wait_exit(worker, 15) == 0
+    after = states(st)
+    assert after.get("running", 0) == 0, after  # in-flight jobs finished
+    assert 0 < after["done"] < len(reference("extension_visits.json")["pageVisits"]), after
+    conn = st.conn()
+    errors = conn.execute("SELECT COUNT(*) FROM jobs WHERE error IS NOT NULL").fetchone()[0]
+    assert errors == 0  # nothing was interrupted half-way
+    st.start_worker(workers=2, kind="process")
+    st.wait_drained(30)
+    exact(st)
+
+
+def test_four_workers_exact_rollups_while_records_keep_changing(stack_factory, queue_url):
+    st = stack_factory(queue_url, **FAST)
+    st.start_server()
+    token = st.token()
+    st.start_worker(workers=4, kind="thread")
+    body = visits_body(900)
+    sync_ok(st, token, body)
+    sync_ok(st, token, reference("extension_aggregates.json"))
+    sync_ok(st, token, reference("extension_visits.json"))
+    for round_ in range(3):  # open visits sent again, longer, while the workers drain
+        longer = copy.deepcopy(body)
+        for v in longer["pageVisits"][round_::4]:
+            v["duration"] += 60_000 * (round_ + 1)
+            v["activeDuration"] += 1000
+        body = longer
+        sync_ok(st, token, longer)
+    st.wait_drained(60)
+    assert set(states(st)) == {"done"}
+    exact(st)
+
+
+# ---------------------------------------------------------------- batches, in process
+
+def stored_jobs(tmp_path, n: int, prefix: str = "pv") -> tuple:
+    settings = Settings(db=str(tmp_path / "batch.db"), retries=2)
+    store.init_db(settings.db)
+    conn = store.connect(settings.db)
+    store.create_token(conn, "alice")
+    from pagesync import payload
+    batch = payload.parse_batch(visits_body(n, prefix), int(time.time() * 1000))
+    saved = store.save_batch(conn, 1, batch)
+    return settings, conn, saved["jobs"]
+
+
+def job_rows(conn) -> dict:
+    return {r["record_id"]: dict(r) for r in conn.execute("SELECT * FROM jobs")}
+
+
+def test_a_failing_job_in_a_batch_fails_alone(tmp_path):
+    _, conn, todo = stored_jobs(tmp_path, 40)
+    bad = todo[13]
+    settings = Settings(db=conn.execute("PRAGMA database_list").fetchone()["file"],
+                        fault=f"fail-record:{bad[2]}", retries=2)
+    retries = jobs.JobRunner(settings).run_many(todo)
+    assert [job for job, _ in retries] == [bad] and retries[0][1] > 0
+    rows = job_rows(conn)
+    assert {r["state"] for k, r in rows.items() if k != bad[2]} == {"done"}
+    assert rows[bad[2]]["state"] == "retrying"
+    assert rows[bad[2]]["error"] == f"RuntimeError: injected failure for {bad[2]}"
+    assert {r["attempts"] for r in rows.values()} == {1}  # counted once each, in one go
+
+
+def test_an_error_inside_the_batch_transaction_is_isolated(tmp_path):
+    settings, conn, todo = stored_jobs(tmp_path, 30)
+    victim = todo[7][2]
+    with store.transaction(conn):  # a record the processing cannot read
+        conn.execute("UPDATE page_visits SET data = '{broken' WHERE id = ?", (victim,))
+    retries = jobs.JobRunner(settings).run_many(todo)
+    assert [job[2] for job, _ in retries] == [victim]
+    rows = job_rows(conn)
+    assert rows[victim]["state"] == "retrying" and "JSONDecodeError" in rows[victim]["error"]
+    assert sum(r["state"] == "done" for r in rows.values()) == 29
+    assert conn.execute("SELECT SUM(visits) FROM rollups").fetchone()[0] == 29
+
+
+def test_a_job_with_an_earlier_attempt_runs_alone_and_duplicates_run_once(tmp_path):
+    settings, conn, todo = stored_jobs(tmp_path, 10)
+    with store.transaction(conn):  # as if its worker died mid-job once
+        conn.execute("UPDATE jobs SET state = 'running', attempts = 1 WHERE record_id = ?",
+                     (todo[3][2],))
+    verdicts = jobstate.begin_many(conn, todo + todo[:2], "w", 3)
+    assert verdicts == ["run"] * 3 + ["alone"] + ["run"] * 6 + ["skip", "skip"]
+    rows = job_rows(conn)
+    assert rows[todo[3][2]]["attempts"] == 1  # untouched: begin() counts it when it runs alone
+    assert {rows[j[2]]["attempts"] for j in todo if j != todo[3]} == {1}
+    assert {rows[j[2]]["state"] for j in todo} == {"running"}
+
+
+def test_batch_size_grows_for_fast_jobs_and_shrinks_for_slow_ones():
+    size = 1
+    for _ in range(10):
+        size = next_batch_size(size, size, 0.001, 100)
+    assert size == 100
+    assert next_batch_size(100, 100, BATCH_SECONDS * 3, 100) == 50
+    assert next_batch_size(1, 1, 0.6, 100) == 1  # a slow job: one at a time
+    assert next_batch_size(8, 3, 0.001, 100) == 8  # the queue ran dry: no reason to grow
+    assert next_batch_size(64, 64, 0.001, 10) == 10  # a smaller limit is obeyed at once
+
+
+# ---------------------------------------------------------------- bulk enqueue
+
+def test_sqlite_bulk_enqueue_is_one_transaction(tmp_path):
+    settings = Settings(db=str(tmp_path / "q.db"))
+    huey = queue.make_huey(settings)
+    statements = []
+    huey.storage.conn.set_trace_callback(statements.append)
+    todo = [(store.TASK_VISIT, 1, f"pv_{i}", 1) for i in range(2500)]
+    queue.enqueue_jobs(huey, todo)
+    verbs = [s.split()[0].upper() for s in statements]
+    assert verbs.count("BEGIN") == 1 and verbs.count("COMMIT") == 1, verbs[:5]
+    assert verbs.count("INSERT") == 2500
+    assert huey.pending_count() == 2500
+    taken = queue.dequeue_batch(huey, 100)
+    assert [huey.deserialize_task(m).args for m in taken] == [(1, f"pv_{i}", 1) for i in range(100)]
+    assert huey.pending_count() == 2400
+
+
+def test_redis_bulk_enqueue_is_one_lpush_per_thousand(tmp_path, redis_server):
+    queue_url = redis_server.url
+    redis.Redis.from_url(queue_url).flushdb()
+    settings = Settings(db=str(tmp_path / "q.db"), queue=queue_url)
+    huey = queue.make_huey(settings)
+    r = redis.Redis.from_url(queue_url)
+
+    def lpush_calls():
+        return r.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+
+    before = lpush_calls()
+    queue.enqueue_jobs(huey, [(store.TASK_VISIT, 1, f"pv_{i}", 1) for i in range(2500)])
+    assert lpush_calls() - before == 3
+    assert huey.pending_count() == 2500
+    taken = queue.dequeue_batch(huey, 100)
+    assert [huey.deserialize_task(m).args for m in taken] == [(1, f"pv_{i}", 1) for i in range(100)]
+    assert huey.pending_count() == 2400
+    r.delete(huey.storage.queue_key)

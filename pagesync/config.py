@@ -27,7 +27,9 @@ class Settings:
     worker_heartbeat: float = 2.0
     shutdown_timeout: float = 30.0
     worker_batch: int = 100  # most jobs a worker takes off the queue at once
-    failed_keep: int = 10000
+    failed_keep: int = 10000  # failed jobs kept; the oldest beyond are discarded
+    events_keep: float = 3600.0  # seconds of job events (throughput history) kept
+    workers_keep: float = 3600.0  # seconds a worker that stopped beating stays listed
     dashboard_user: str = ""
     dashboard_password: str = ""
     secret: str = ""

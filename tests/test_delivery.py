@@ -372,12 +372,17 @@ def test_failed_list_is_capped(stack_factory):
     st.start_server()
     token = st.token()
     sync_ok(st, token, {"pageVisits": broken_visits(5)})
-    st.start_worker(extra_env={"PAGESYNC_FAULT": "fail-record:broken"})
+    worker = st.start_worker(extra_env={"PAGESYNC_FAULT": "fail-record:broken"})
     st.wait_drained(20)
     wait_for(lambda: sum(states(st).values()) == states(st).get("failed", 0)
              + states(st).get("discarded", 0), 20, "every job failed or discarded")
     assert states(st) == {"failed": 2, "discarded": 3}
+    assert procs.stop(worker, timeout=20) == 0
     kept = failed_list(st)
     newest = st.conn().execute("SELECT record_id FROM jobs WHERE state IN ('failed', 'discarded') "
                                "ORDER BY finished_at DESC LIMIT 2").fetchall()
     assert sorted(f["record_id"] for f in kept) == sorted(r[0] for r in newest)
+    # a lower cap takes effect when a worker starts (its supervisor prunes at once)
+    st.start_worker(extra_env={"PAGESYNC_FAILED_KEEP": "1"})
+    wait_for(lambda: states(st) == {"failed": 1, "discarded": 4}, 15, "the failed list cut to 1")
+    assert [f["record_id"] for f in failed_list(st)] == [newest[0][0]]

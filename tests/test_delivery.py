@@ -4,6 +4,7 @@ a worker SIGKILLed mid-job, a job that raises or kills its worker, SIGTERM/SIGIN
 drain, Redis going away for a while."""
 import copy
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -260,8 +261,12 @@ def test_job_killing_a_process_worker_child_is_not_stuck_running(stack_factory):
 
 # ---------------------------------------------------------------- graceful shutdown
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_during_drain_exits_0_and_loses_nothing(stack_factory, sig):
+@pytest.mark.parametrize("sig, kind", [(signal.SIGTERM, "thread"), (signal.SIGINT, "thread"),
+                                       (signal.SIGTERM, "process"), (signal.SIGINT, "process")],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-process", "Ctrl-C-process-group"])
+def test_signal_during_drain_exits_0_and_loses_nothing(stack_factory, sig, kind):
+    """SIGTERM goes to the worker's pid (systemd, Docker); Ctrl-C in a terminal sends
+    SIGINT to its whole process group, children included."""
     st = stack_factory(shutdown_timeout=5, **FAST)
     st.start_server()
     token = st.token()
@@ -269,11 +274,14 @@ def test_signal_during_drain_exits_0_and_loses_nothing(stack_factory, sig):
     sync_ok(st, token, visits)
     sync_ok(st, token, aggs)
     total = len(visits["pageVisits"]) + len(aggs["tabAggregates"])
-    worker = st.start_worker(extra_env={"PAGESYNC_FAULT": "slow-job:0.5"})
+    worker = st.start_worker(kind=kind, extra_env={"PAGESYNC_FAULT": "slow-job:0.5"})
     wait_for(lambda: states(st).get("done", 0) >= 1 and states(st).get("running", 0) >= 1,
              30, "a drain in progress")
     t0 = time.monotonic()
-    worker.send_signal(sig)
+    if sig == signal.SIGINT and kind == "process":
+        os.killpg(worker.pid, sig)  # the worker leads its own session (start_new_session)
+    else:
+        worker.send_signal(sig)
     assert wait_exit(worker, 15) == 0
     assert time.monotonic() - t0 < 5 + 2
     after = states(st)

@@ -8,6 +8,7 @@ supervisor is one more child of the consumer, and every process opens its own co
 (the job runner's pool is keyed by pid)."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from .config import Settings
 from .queue import dequeue_batch, make_huey, reconcile
 
 log = logging.getLogger("pagesync.worker")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # A batch grows while it takes less than this, and shrinks when it takes more: fast jobs go
 # in batches (one transaction each), slow ones one at a time, and the work in flight at a
 # shutdown stays short.
@@ -161,6 +163,20 @@ class GracefulProcessEnvironment(ProcessEnvironment):
     def init_child(self, process):
         super().init_child(process)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Linux: this child gets SIGKILL when the consumer dies (kill -9, OOM killer) instead
+    of living on as an orphan that still takes jobs, and heartbeats under the dead worker's
+    name, so its jobs would never be handed to the next worker. Dead, its running jobs are
+    found by the reconciler like any dead worker's."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: no such call
+        return
+    if os.getppid() == 1:  # the consumer died before prctl took effect
+        os._exit(1)
 
 
 class PagesyncConsumer(Consumer):

@@ -135,6 +135,31 @@ def test_worker_sigkilled_mid_jobs_restart_processes_everything_once(stack_facto
     assert make_huey(st.settings).storage.result_store_size() == 0  # results=False
 
 
+def test_process_worker_sigkilled_takes_its_children_along(stack_factory):
+    """kill -9 (or the OOM killer) on a --kind process worker: its children must not live
+    on as orphans that keep taking jobs and heartbeating under the dead worker's name."""
+    st = stack_factory(**FAST)
+    st.start_server()
+    token = st.token()
+    visits, aggs = both_payloads()
+    sync_ok(st, token, visits)
+    sync_ok(st, token, aggs)
+    worker = st.start_worker(kind="process", extra_env={"PAGESYNC_FAULT": "slow-job:0.4"})
+    wait_for(lambda: states(st).get("done", 0) >= 2 and states(st).get("running", 0) >= 1,
+             30, "some jobs done and some running")
+    children = psutil.Process(worker.pid).children(recursive=True)
+    assert len(children) >= 3  # two workers and the supervisor
+    worker.send_signal(signal.SIGKILL)
+    assert wait_exit(worker, 5) == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    for p in alive:
+        p.kill()
+    assert not alive, [p.pid for p in alive]
+    st.start_worker(kind="process")
+    st.wait_drained(40)
+    all_processed(st)
+
+
 # ---------------------------------------------------------------- a job that raises
 
 def watch_attempts(st, record_id: str, timeout: float) -> dict:

@@ -317,13 +317,14 @@ def test_signal_during_drain_exits_0_and_loses_nothing(stack_factory, sig, kind)
     all_processed(st)
 
 
-def test_shutdown_timeout_cuts_long_jobs_which_run_again_later(stack_factory):
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_shutdown_timeout_cuts_long_jobs_which_run_again_later(stack_factory, kind):
     st = stack_factory(shutdown_timeout=1, **FAST)
     st.start_server()
     token = st.token()
     visits, _ = both_payloads()
     sync_ok(st, token, visits)
-    worker = st.start_worker(extra_env={"PAGESYNC_FAULT": "slow-job:60"})
+    worker = st.start_worker(kind=kind, extra_env={"PAGESYNC_FAULT": "slow-job:60"})
     wait_for(lambda: states(st).get("running", 0) == 2, 30, "two long jobs running")
     t0 = time.monotonic()
     worker.send_signal(signal.SIGTERM)

@@ -15,9 +15,10 @@ import signal
 import socket
 import time
 
+import redis
 from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Worker
 
-from . import jobs, jobstate, quietlog, store
+from . import jobs, jobstate, store
 from .config import Settings
 from .queue import dequeue_batch, make_huey, reconcile
 
@@ -152,6 +153,37 @@ def prune(conn, settings: Settings) -> None:
         jobstate.prune_failed(conn, settings.failed_keep)
 
 
+class RepeatedErrors(logging.Filter):
+    """An error that repeats (the queue is down: every poll fails) is logged once per
+    `every` seconds, with its traceback only the first time (never for a connection
+    error: the message says it all); rendering tracebacks at each poll would burn the
+    CPU the worker is meant to leave alone while it waits."""
+
+    def __init__(self, every: float = 30.0):
+        super().__init__()
+        self.every, self.last = every, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        exc = record.exc_info[1]
+        key = (record.name, record.msg, type(exc))
+        now = time.monotonic()
+        if key in self.last and now - self.last[key] < self.every:
+            return False
+        if key in self.last or isinstance(exc, CONNECTION_ERRORS):
+            again = " (still failing)" if key in self.last else ""
+            record.msg, record.args = f"{record.getMessage()}: {exc}{again}", ()
+            record.exc_info = record.exc_text = None
+        self.last[key] = now
+        return True
+
+
+CONNECTION_ERRORS = (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+QUIET_LOGGERS = ("huey.consumer.Worker", "huey.consumer.Scheduler", "huey.consumer.Supervisor",
+                 "pagesync.queue")
+
+
 class GracefulProcessEnvironment(ProcessEnvironment):
     """Process children ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process
     group; only the parent decides), and are interrupted past the shutdown timeout by
@@ -230,7 +262,9 @@ def run_worker(settings: Settings, workers: int = 2, kind: str = "thread") -> No
     """Run the consumer until SIGTERM/SIGINT; in-flight jobs finish within
     settings.shutdown_timeout, the rest go back to the queue via the reconciler."""
     store.init_db(settings.db)
-    quietlog.install()
+    repeated = RepeatedErrors()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).addFilter(repeated)
     huey = make_huey(settings)
     consumer = PagesyncConsumer(
         huey, settings, workers=workers, worker_type=kind, initial_delay=0.02, backoff=1.5,

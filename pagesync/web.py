@@ -11,7 +11,7 @@ from datetime import datetime
 
 import bottle
 
-from . import monitor, payload, processing, stats, store
+from . import dashboard, metrics, payload, processing, stats, store
 from .config import Settings
 from .queue import deliver, make_huey, queue_depth
 
@@ -160,10 +160,6 @@ class App:
                                  {"Retry-After": 5})
         return json_response(200, {"status": "ready"})
 
-    def jobs_json(self):
-        return json_response(200, monitor.snapshot(self.pool.get(), self.huey,
-                                                   self.settings.worker_heartbeat))
-
 
 def guarded(handler):
     """Every client-caused problem becomes a clear 4xx; storage trouble a 503; never a 500."""
@@ -194,7 +190,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
     app.route("/api/v1/stats/daily", "GET", guarded(state.stats_daily))
     app.route("/healthz", "GET", guarded(state.healthz))
     app.route("/readyz", "GET", guarded(state.readyz))
-    app.route("/api/v1/jobs", "GET", guarded(state.jobs_json))
+    dashboard.mount(app, state)  # /jobs and the (protected) /api/v1/jobs snapshot
+    metrics.mount(app, state)  # /metrics and the request latency histogram
 
     def on_error(err):
         return json.dumps({"success": False, "message": f"{err.status_line}", "errors": []})

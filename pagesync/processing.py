@@ -59,6 +59,11 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+def warm_up() -> None:
+    """Load the Public Suffix List now rather than in the first job."""
+    _psl()
+
+
 # ---------------------------------------------------------------- urls and hosts
 
 def normalise_url(url: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from huey import RedisHuey, SqliteHuey
 from redis import ConnectionPool
 from redis.backoff import ExponentialBackoff
@@ -73,13 +74,23 @@ def dequeue_batch(huey, limit: int) -> list[bytes]:
     Redis blocks on BRPOP for a moment, so an idle worker picks a new job up at once."""
     storage = huey.storage
     if limit > 1 and isinstance(huey, RedisHuey):
-        items = storage.conn.rpop(storage.queue_key, limit)
+        items = _redis_pop(storage, limit)
         if items:
             return items
     elif limit > 1:
         return _sqlite_dequeue(storage, limit)
     data = storage.dequeue()
     return [] if data is None else [data]
+
+
+def _redis_pop(storage, limit: int) -> list[bytes]:
+    try:
+        return storage.conn.rpop(storage.queue_key, limit) or []
+    except redis.ResponseError:  # Redis before 6.2: no count; the same in one pipeline
+        pipe = storage.conn.pipeline(transaction=True)
+        for _ in range(limit):
+            pipe.rpop(storage.queue_key)
+        return [m for m in pipe.execute() if m is not None]
 
 
 def _sqlite_dequeue(storage, limit: int) -> list[bytes]:

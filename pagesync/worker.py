@@ -18,7 +18,7 @@ import time
 import redis
 from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Worker
 
-from . import jobs, jobstate, store
+from . import jobs, jobstate, processing, store
 from .config import Settings
 from .queue import dequeue_batch, make_huey, reconcile
 
@@ -27,7 +27,7 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 # A batch grows while it takes less than this, and shrinks when it takes more: fast jobs go
 # in batches (one transaction each), slow ones one at a time, and the work in flight at a
 # shutdown stays short.
-BATCH_SECONDS = 0.1
+BATCH_SECONDS = 0.2
 
 
 def next_batch_size(size: int, taken: int, seconds: float, limit: int) -> int:
@@ -265,6 +265,7 @@ def run_worker(settings: Settings, workers: int = 2, kind: str = "thread") -> No
     repeated = RepeatedErrors()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).addFilter(repeated)
+    processing.warm_up()  # before forking: process workers share the parsed suffix list
     huey = make_huey(settings)
     consumer = PagesyncConsumer(
         huey, settings, workers=workers, worker_type=kind, initial_delay=0.02, backoff=1.5,

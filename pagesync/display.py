@@ -86,7 +86,7 @@ def in_flight_table(snap: dict) -> Table | None:
     for col in ("task", "record", "attempt", "age", "worker"):
         table.add_column(col)
     for j in snap["in_flight"][:10]:
-        table.add_row(j["task"], j["record_id"], str(j["attempts"]), f"{j['age_seconds']:.1f}s",
+        table.add_row(j["task"], Text(j["record_id"]), str(j["attempts"]), f"{j['age_seconds']:.1f}s",
                       j["worker"] or "")
     return table
 
@@ -99,7 +99,7 @@ def failures_table(snap: dict) -> Table | None:
         table.add_column(col, no_wrap=True)
     table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
     for f in snap["recent_failures"]:
-        table.add_row(f["task"], f["record_id"], Text(f["state"], style=STATE_STYLE.get(f["state"])),
+        table.add_row(f["task"], Text(f["record_id"]), Text(f["state"], style=STATE_STYLE.get(f["state"])),
                       str(f["attempts"]), Text(str(f["error"] or "")[:80]))
     return table
 

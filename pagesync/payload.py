@@ -123,13 +123,14 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def scrub_surrogates(value):
     """Replace unpaired UTF-16 surrogates (legal as JSON escapes, not storable as UTF-8)
     with U+FFFD, in keys and values."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, list):
         return [scrub_surrogates(v) for v in value]
     if isinstance(value, dict):
@@ -305,7 +306,8 @@ def parse_visit(item: object, default_client: str | None, now_ms: int,
         rec["is_active"] = None
         rec["idle_periods"] = None
     else:
-        start_key = "startedAt" if item.get("startedAt") is not None else "timestamp"
+        start_key = "timestamp" if item.get("startedAt") is None and item.get("timestamp") is not None \
+            else "startedAt"
         rec["started_at"] = parse_time(item.get(start_key), start_key, r, now_ms, required=True)
         rec["ended_at"] = parse_time(item.get("endedAt"), "endedAt", r, now_ms)
         rec["opened_at"] = parse_time(item.get("openedAt"), "openedAt", r, now_ms)

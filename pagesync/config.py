@@ -25,6 +25,7 @@ class Settings:
     max_metadata_bytes: int = 50 * 1024             # one record's metadata as JSON (record rejected)
     max_metadata_string: int = 2000                 # metadata strings are cut to this
     rate_limit_per_minute: int = 600                # per token; 0 turns the limit off (429)
+    rate_limit_burst: int = 0                       # requests at once per token; 0: per minute
     retries: int = 10
     retry_base_delay: float = 2.0
     reconcile_interval: float = 30.0

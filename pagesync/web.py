@@ -28,11 +28,12 @@ class ApiError(Exception):
 
 
 class RateLimiter:
-    """Per-token token bucket: `per_minute` requests a minute, bursts up to that many."""
+    """Per-token token bucket: `per_minute` requests a minute, bursts up to `burst`
+    (default: per_minute). per_minute 0 turns the limit off."""
 
-    def __init__(self, per_minute: int):
+    def __init__(self, per_minute: int, burst: int = 0):
         self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
+        self.capacity = float(burst if burst > 0 else per_minute)
         self.buckets: dict = {}
         self.lock = threading.Lock()
 
@@ -97,7 +98,7 @@ class App:
         store.init_db(settings.db)
         self.pool = store.ConnectionPool(settings.db, durable=True, timeout=5.0)
         self.huey = make_huey(settings)
-        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     def authenticate(self) -> dict:
         header = bottle.request.get_header("Authorization", "")

@@ -249,7 +249,8 @@ def security_headers():
     A header a handler set itself (e.g. a page's own CSP) is left alone."""
     resp = bottle.response
     resp.set_header("X-Content-Type-Options", "nosniff")
-    if resp.content_type.lower().startswith("text/html"):
+    ctype = (resp.content_type or resp.default_content_type).lower()  # unset: bottle sends HTML
+    if ctype.startswith("text/html"):
         for name, value in HTML_HEADERS.items():
             if name not in resp.headers:
                 resp.set_header(name, value)

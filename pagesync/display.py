@@ -124,9 +124,10 @@ def reasons(rejected: list) -> Counter:
 
 def stats_table(rows: list, title: str, by: str) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAVY)
-    table.add_column(by, style="bold")
+    widest = max([len(r[by]) for r in rows] + [5])
+    table.add_column(by, style="bold", min_width=min(widest, 40), overflow="fold")
     if by == "host":
-        table.add_column("site", style="dim")
+        table.add_column("site", style="dim", overflow="fold")
     for col in ("visits", "time", "active", "tab time"):
         table.add_column(col, justify="right")
     totals = [0, 0, 0, 0]

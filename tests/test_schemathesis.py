@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -24,7 +25,7 @@ from .conftest import make_stack
 from .helpers import reference
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
+          response_schema_conformance, response_headers_conformance, ignored_auth]
 OPERATIONS = {"POST /api/v1/data/sync", "GET /api/v1/stats/daily", "GET /api/v1/jobs",
               "GET /api/v1/openapi.json", "GET /healthz", "GET /readyz"}
 

@@ -13,10 +13,21 @@ from pagesync import store
 NOW = 1_764_600_000_000
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-10**400, max_value=10**400)
-           | st.floats() | st.text(max_size=30))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=30)
+# Numbers a parser trips on: too big for a float, inf, nan, just past 2**53, negative zero.
+awkward_numbers = st.sampled_from([10 ** 400, -10 ** 400, 10 ** 20, 1e308, float("inf"), float("nan"),
+                                   2 ** 53 + 1, -0.0, 1e15 + 1, 946_684_800, 0.5])
+# Unpaired surrogates are legal in JSON text as escapes ("\ud800") but not storable as UTF-8.
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+
+
+def json_strategy(text):
+    scalars = (st.none() | st.booleans() | st.integers() | awkward_numbers | st.floats() | text)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
+                        | st.dictionaries(text, inner, max_size=5), max_leaves=30)
+
+
+json_values = json_strategy(st.text(max_size=30))
+json_values_with_surrogates = json_strategy(st.text(st.characters() | surrogates, max_size=30))
 
 VISIT_KEYS = ["id", "visitId", "url", "title", "startedAt", "timestamp", "endedAt", "duration",
               "durationSeconds", "activeDuration", "engagementRate", "idlePeriods", "lastHeartbeat",
@@ -27,14 +38,19 @@ AGG_KEYS = ["id", "tabId", "startTime", "lastActiveTime", "totalActiveDuration",
             "pageCount", "currentUrl", "currentDomain", "statistics", "closedAt", "isOpen",
             "page_visit_id", "total_time_seconds", "active_time_seconds", "scroll_depth_percent",
             "closed_at"]
-shaped_records = st.one_of(
-    json_values,
-    st.dictionaries(st.sampled_from(VISIT_KEYS), json_values, max_size=12),
-    st.dictionaries(st.sampled_from(AGG_KEYS), json_values, max_size=10))
-shaped_bodies = st.one_of(json_values, st.fixed_dictionaries({}, optional={
-    "pageVisits": st.lists(shaped_records, max_size=6) | json_values,
-    "tabAggregates": st.lists(shaped_records, max_size=6) | json_values,
-    "anonymousClientId": json_values, "extensionVersion": json_values}))
+
+
+def shaped(values):
+    """JSON bodies shaped like payloads: real field names holding any JSON values."""
+    records = st.one_of(values, st.dictionaries(st.sampled_from(VISIT_KEYS), values, max_size=12),
+                        st.dictionaries(st.sampled_from(AGG_KEYS), values, max_size=10))
+    return st.one_of(values, st.fixed_dictionaries({}, optional={
+        "pageVisits": st.lists(records, max_size=6) | values,
+        "tabAggregates": st.lists(records, max_size=6) | values,
+        "anonymousClientId": values, "extensionVersion": values}))
+
+
+shaped_bodies = shaped(json_values)
 
 
 def storable(rec: dict) -> None:
@@ -55,6 +71,22 @@ def test_any_json_value_gives_a_batch_or_a_4xx(body):
         storable(rec)
     for rej in batch.rejected:
         assert rej["errors"] and all(e["field"] and e["message"] for e in rej["errors"])
+
+
+@PROPS
+@given(shaped(json_values_with_surrogates))
+def test_any_json_text_gives_storable_records_or_a_4xx(body):
+    """Through the whole request path: JSON text (ASCII escapes, NaN, huge numbers) -> bytes
+    -> decode_body -> parse_batch -> what the store writes."""
+    raw = json.dumps(body, ensure_ascii=True).encode()
+    try:
+        batch = P.parse_batch(P.decode_body(raw, "application/json", None, 1 << 20), NOW)
+    except P.PayloadError as exc:
+        assert 400 <= exc.status < 500 and exc.message
+        return
+    for rec in batch.visits + batch.aggregates:
+        storable(rec)
+    json.dumps(batch.rejected + batch.warnings, ensure_ascii=False).encode("utf-8")
 
 
 @PROPS
@@ -185,3 +217,54 @@ def test_sanitising_only_removes_tracking_parameters(scheme, host, path, query, 
     batch = P.parse_batch({"pageVisits": [{"id": "v", "url": url, "startedAt": NOW - 1000}]}, NOW)
     assert batch.rejected == [], (url, batch.rejected)
     assert batch.visits[0]["url"] == expected
+
+
+# ---------------------------------------------------------------- hostile fields in valid records
+
+with_surrogate = st.builds(lambda a, c, b: a + c + b, st.text(max_size=5), surrogates, st.text(max_size=5))
+hostile_values = st.one_of(awkward_numbers, with_surrogate, st.dictionaries(with_surrogate, with_surrogate),
+                           json_values_with_surrogates)
+KINDS = {"pageVisits": (extension_visit, api_visit), "tabAggregates": (extension_aggregate, api_aggregate)}
+
+
+@settings(PROPS, max_examples=150)
+@given(st.sampled_from(sorted(KINDS)), st.sampled_from([0, 1]), record_specs,
+       st.dictionaries(st.sampled_from(sorted(set(VISIT_KEYS + AGG_KEYS))), hostile_values,
+                       min_size=1, max_size=3))
+def test_hostile_fields_in_otherwise_valid_records_never_crash(key, dialect, spec, overlay):
+    """A valid record with one to three fields replaced by awkward values (numbers too big
+    for a float, unpaired surrogates, nested junk), sent as JSON text through the whole path:
+    a stored record must stay storable; otherwise a 4xx or a rejected record."""
+    _, _, _, url, start, duration, rate, cat, title = spec
+    record = {**KINDS[key][dialect](1, url, start, duration, rate, cat, title), **overlay}
+    raw = json.dumps({key: [record]}, ensure_ascii=True).encode()
+    try:
+        batch = P.parse_batch(P.decode_body(raw, "application/json", None, 1 << 20), NOW)
+    except P.PayloadError as exc:
+        assert 400 <= exc.status < 500 and exc.message
+        return
+    for rec in batch.visits + batch.aggregates:
+        storable(rec)
+    assert batch.received == 1
+
+
+
+STRING_FIELDS = ["id", "visitId", "title", "domain", "categoryMethod", "category_method",
+                 "anonymousClientId", "sourcePageVisitId", "source_page_visit_id", "page_visit_id",
+                 "currentDomain", "url", "currentUrl"]
+
+
+@settings(PROPS, max_examples=100)
+@given(st.sampled_from(sorted(KINDS)), st.sampled_from([0, 1]), record_specs,
+       st.dictionaries(st.sampled_from(STRING_FIELDS), with_surrogate, min_size=1, max_size=3),
+       st.dictionaries(with_surrogate, with_surrogate, max_size=3))
+def test_unpaired_surrogates_anywhere_are_stored_as_replacement_characters(key, dialect, spec, overlay, meta):
+    _, _, _, url, start, duration, rate, cat, title = spec
+    record = {**KINDS[key][dialect](1, url, start, duration, rate, cat, title), **overlay,
+              "metadata": meta, "statistics": meta}
+    raw = json.dumps({key: [record]}, ensure_ascii=True).encode()
+    batch = P.parse_batch(P.decode_body(raw, "application/json", None, 1 << 20), NOW)
+    for rec in batch.visits + batch.aggregates:
+        text = store.canonical(rec)
+        storable(rec)
+        assert not any(0xD800 <= ord(c) <= 0xDFFF for c in text)

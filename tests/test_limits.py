@@ -265,3 +265,14 @@ def test_replay_honours_retry_after(rated, tmp_path):
     assert summary["visits"] == 20
     assert elapsed >= 5.5  # two requests waited the 3 s the server asked for
     assert st.conn().execute("SELECT COUNT(*) FROM page_visits WHERE id LIKE 'replay%'").fetchone()[0] == 20
+
+
+def test_unpaired_surrogate_escapes_are_stored_not_a_503(limited):
+    st, token = limited
+    raw = (b'{"pageVisits": [{"id": "sur_1", "url": "https://s.example/", "startedAt": %d, '
+           b'"title": "broken \\ud800 emoji \\ud83d\\ude00", "metadata": {"k\\udfff": "v"}}]}' % T0)
+    resp = st.sync(token, None, raw=raw)
+    assert resp.status_code == 200, resp.text
+    row = st.conn().execute("SELECT title, data FROM page_visits WHERE id = 'sur_1'").fetchone()
+    assert row["title"] == "broken \ufffd emoji \U0001F600"
+    assert json.loads(row["data"])["metadata"] == {"k\ufffd": "v"}

@@ -1,6 +1,7 @@
 """Rich renderings shared by the CLI commands: snapshot tables, replay and stats summaries."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from rich import box
@@ -23,7 +24,8 @@ def snapshot_view(snap: dict) -> Group:
                                    "bold cyan" if depth >= 0 else "bold red"),
         ("   scheduled retries ", "bold"), (str(max(snap.get("scheduled", 0), 0)), "magenta"),
         ("   throughput ", "bold"), (f"{snap['throughput']['done_per_second']:.1f} jobs/s", "green"),
-        ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"))
+        ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"),
+        ("   last 60 s ", "bold"), (sparkline(snap["throughput"].get("series", [])), "green"))
     tasks = Table(title="Jobs by state", box=box.SIMPLE_HEAVY, expand=False)
     tasks.add_column("task", style="bold")
     for state, style in STATE_STYLE.items():
@@ -33,17 +35,44 @@ def snapshot_view(snap: dict) -> Group:
         tasks.add_row(task, *(str(counts[s]) for s in STATE_STYLE))
     totals = snap["totals"]
     tasks.add_row("total", *(str(totals[s]) for s in STATE_STYLE), style="bold")
-    parts = [head, tasks, workers_table(snap), in_flight_table(snap), failures_table(snap)]
+    parts = [summary_line(snap), head, tasks, workers_table(snap), in_flight_table(snap),
+             failures_table(snap)]
     return Group(*[p for p in parts if p is not None])
+
+
+SUMMARY_STYLE = {"processed": "green", "failed": "yellow", "enqueued": "cyan",
+                 "retrying": "magenta", "dead": "red"}
+
+
+def sparkline(series: list) -> str:
+    """One block character per value, scaled to the largest; any non-zero value shows (pure)."""
+    bars = "▁▂▃▄▅▆▇█"
+    top = max(series, default=0)
+    return "".join(bars[min(7, math.ceil(v / top * 7))] if top else bars[0] for v in series)
+
+
+def summary_line(snap: dict) -> Text | None:
+    """The dashboard's headline figures (see monitor.summary for what each one counts)."""
+    summary = snap.get("summary")
+    if not summary:
+        return None
+    parts = []
+    for key, style in SUMMARY_STYLE.items():
+        parts += [(f"{key.capitalize()} ", "bold"), (f"{summary[key]:,}", f"bold {style}"), ("   ", "")]
+    return Text.assemble(*parts[:-1])
 
 
 def workers_table(snap: dict) -> Table:
     table = Table(title="Workers", box=box.SIMPLE, expand=False)
-    for col in ("name", "pid", "threads", "queue", "state", "seen"):
+    for col in ("name", "pid", "threads"):
+        table.add_column(col)
+    table.add_column("queue", max_width=40, overflow="ellipsis", no_wrap=True)
+    for col in ("state", "seen"):
         table.add_column(col)
     for w in snap["workers"]:
         style = {"alive": "green", "lost": "red"}.get(w["state"], "dim")
-        table.add_row(w["name"], str(w["pid"]), f"{w['concurrency']} {w['kind']}", w["queue"],
+        table.add_row(w["name"], str(w["pid"]), f"{w['concurrency']} {w['kind']}",
+                      Text(w["queue"] or ""),
                       Text(w["state"], style=style), f"{w['last_seen_seconds_ago']:.0f}s ago")
     if not snap["workers"]:
         table.add_row("no worker seen in the last 5 minutes", "", "", "", "", "")
@@ -65,9 +94,10 @@ def in_flight_table(snap: dict) -> Table | None:
 def failures_table(snap: dict) -> Table | None:
     if not snap["recent_failures"]:
         return None
-    table = Table(title="Recent failures", box=box.SIMPLE, expand=False)
-    for col in ("task", "record", "state", "attempts", "error"):
-        table.add_column(col)
+    table = Table(title="Recent failures", box=box.SIMPLE, expand=True)
+    for col in ("task", "record", "state", "attempts"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
     for f in snap["recent_failures"]:
         table.add_row(f["task"], f["record_id"], Text(f["state"], style=STATE_STYLE.get(f["state"])),
                       str(f["attempts"]), Text(str(f["error"] or "")[:80]))

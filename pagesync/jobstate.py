@@ -84,7 +84,10 @@ def fail(conn, task: str, user_id: int, record_id: str, error: str, tb: str,
 
 
 def record_event(conn, task: str, outcome: str, now: float) -> None:
+    """A finished attempt: one row for throughput, plus a lifetime counter (jobs_done,
+    jobs_retrying, jobs_failed) for the dashboard's processed/failed totals and /metrics."""
     conn.execute("INSERT INTO job_events (ts, task, outcome) VALUES (?, ?, ?)", (now, task, outcome))
+    store.bump_counter(conn, f"jobs_{outcome}", 1)
 
 
 def prune_failed(conn, keep: int) -> None:

@@ -1,9 +1,10 @@
 """One snapshot of queue and job state; `watch`, the dashboard and /metrics all read it."""
 from __future__ import annotations
 
+import re
 import time
 
-from . import store
+from . import jobstate, store
 from .queue import queue_depth, scheduled_depth
 from .store import TASKS
 
@@ -37,6 +38,11 @@ def throughput(conn, window: float = 60.0, now: float | None = None) -> dict:
             "series": [round(b / 5, 2) for b in buckets]}
 
 
+def hide_password(url: str | None) -> str:
+    """redis://user:secret@host -> redis://user:***@host, for showing a queue url (pure)."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url or "")
+
+
 def workers(conn, heartbeat: float, now: float | None = None) -> list:
     now = now or time.time()
     rows = conn.execute("SELECT * FROM workers WHERE last_seen >= ? ORDER BY started_at",
@@ -45,7 +51,8 @@ def workers(conn, heartbeat: float, now: float | None = None) -> list:
     for r in rows:
         alive = r["state"] != "stopped" and r["last_seen"] >= now - 3 * heartbeat - 1
         out.append({"name": r["name"], "pid": r["pid"], "hostname": r["hostname"],
-                    "concurrency": r["concurrency"], "kind": r["kind"], "queue": r["queue"],
+                    "concurrency": r["concurrency"], "kind": r["kind"],
+                    "queue": hide_password(r["queue"]),
                     "state": "alive" if alive else ("stopped" if r["state"] == "stopped" else "lost"),
                     "last_seen_seconds_ago": round(now - r["last_seen"], 1),
                     "started_at": r["started_at"]})
@@ -69,18 +76,70 @@ def recent_failures(conn, limit: int = 10) -> list:
     return [dict(r) for r in rows]
 
 
+def summary(totals: dict, counters: dict) -> dict:
+    """The Sidekiq-style headline figures. processed / failed: lifetime counts of finished
+    attempts (a failed attempt counts whether it is retried or not); enqueued: jobs waiting
+    for a worker; retrying: jobs waiting for a retry; dead: the failed list."""
+    return {"processed": counters.get("jobs_done", 0),
+            "failed": counters.get("jobs_failed", 0) + counters.get("jobs_retrying", 0),
+            "enqueued": totals["queued"], "retrying": totals["retrying"], "dead": totals["failed"]}
+
+
+RECORD_INFO_SQL = {
+    store.TASK_VISIT: "SELECT url, title FROM page_visits WHERE user_id = ? AND id = ?",
+    store.TASK_AGGREGATE: "SELECT json_extract(data, '$.current_url') AS url, NULL AS title "
+                          "FROM tab_aggregates WHERE user_id = ? AND id = ?",
+}
+
+
+def record_info(conn, task: str, user_id: int, record_id: str) -> dict:
+    """The url and title (visits only) of a stored record, for showing beside its jobs."""
+    row = conn.execute(RECORD_INFO_SQL[task], (user_id, record_id)).fetchone()
+    return {"url": row["url"], "title": row["title"]} if row else {"url": None, "title": None}
+
+
+def failed_list(conn, limit: int = 25, traceback_chars: int = 6000) -> list:
+    """The dead list with errors, (the end of) tracebacks and the record's url and title."""
+    rows = jobstate.failed_jobs(conn, limit)
+    for r in rows:
+        r["traceback"] = (r["traceback"] or "")[-traceback_chars:]
+        r.update(record_info(conn, r["task"], r["user_id"], r["record_id"]))
+    return rows
+
+
+def record_jobs(conn, record_id: str, limit: int = 20) -> list:
+    """Every job of a record id (any user, both tasks) with its state, url and title."""
+    out = []
+    for task in TASKS:
+        rows = conn.execute(
+            "SELECT j.*, u.name AS user FROM jobs j JOIN users u ON u.id = j.user_id "
+            "WHERE j.task = ? AND j.record_id = ? LIMIT ?", (task, record_id, limit)).fetchall()
+        out += [{"id": jobstate.job_id(task, r["user_id"], record_id), "task": task,
+                 "user": r["user"], "state": r["state"], "attempts": r["attempts"],
+                 "revision": r["revision"], "done_revision": r["done_revision"],
+                 "error": r["error"], "traceback": r["traceback"] or "",
+                 "created_at": r["created_at"], "finished_at": r["finished_at"],
+                 "worker": r["worker"], **record_info(conn, task, r["user_id"], record_id)}
+                for r in rows]
+    return out
+
+
 def snapshot(conn, huey, heartbeat: float = 2.0) -> dict:
     tasks = task_counts(conn)
     totals = {state: sum(t[state] for t in tasks.values()) for state in SHOWN_STATES}
+    counters = store.counters(conn)
+    depth = queue_depth(huey)
     return {
+        "summary": summary(totals, counters),
         "generated_at": time.time(),
-        "queue_depth": queue_depth(huey),
-        "scheduled": scheduled_depth(huey),
+        "queue_depth": depth,
+        "scheduled": scheduled_depth(huey) if depth >= 0 else -1,  # no second wait on a dead queue
         "tasks": tasks,
         "totals": totals,
         "throughput": throughput(conn),
         "workers": workers(conn, heartbeat),
         "in_flight": in_flight(conn),
         "recent_failures": recent_failures(conn),
-        "records": store.counters(conn),
+        "failed_jobs": failed_list(conn),
+        "records": counters,
     }

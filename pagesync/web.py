@@ -13,7 +13,7 @@ from importlib import resources
 
 import bottle
 
-from . import monitor, payload, processing, stats, store
+from . import dashboard, metrics, payload, processing, stats, store
 from .config import Settings
 from .queue import deliver, make_huey, queue_depth
 
@@ -204,10 +204,6 @@ class App:
     def openapi(self):
         return json_response(200, OPENAPI)
 
-    def jobs_json(self):
-        return json_response(200, monitor.snapshot(self.pool.get(), self.huey,
-                                                   self.settings.worker_heartbeat))
-
 
 def guarded(handler):
     """Every client-caused problem becomes a clear 4xx; storage trouble a 503; never a 500."""
@@ -284,7 +280,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
     app.route("/api/v1/openapi.json", "GET", guarded(state.openapi))
     app.route("/healthz", "GET", guarded(state.healthz))
     app.route("/readyz", "GET", guarded(state.readyz))
-    app.route("/api/v1/jobs", "GET", guarded(state.jobs_json))
+    dashboard.mount(app, state)  # /jobs and the (protected) /api/v1/jobs snapshot
+    metrics.mount(app, state)  # /metrics and the request latency histogram
     app.default_error_handler = error_page
     return app
 

@@ -1,5 +1,6 @@
 """Issue 7: unknown routes and wrong methods answer JSON, never a 500 or an HTML page; no
 file outside the static folder is ever served; HTML responses carry security headers."""
+import base64
 import io
 import json
 import socket
@@ -14,8 +15,13 @@ from pagesync.config import Settings
 from .conftest import make_stack
 
 # Text that only the real files contain: served, it would mean a traversal worked.
+DASHBOARD_LOGIN = "Basic " + base64.b64encode(b"ops:pw").decode()  # reaches /jobs/static/
 SECRETS = (b"def save_batch", b"[build-system]", b"root:x:0:0", b"CREATE TABLE", b"SQLite format")
 TRAVERSALS = [
+    "/jobs/static/../../pagesync/store.py", "/jobs/static/%2e%2e/store.py", "/jobs/static/..%2fweb.py",
+    "/jobs/static/%2e%2e%2f%2e%2e%2fpyproject.toml", "/jobs/static/..%2f..%2fpagesync.db",
+    "/jobs/static/jobs.css/../../store.py", "/jobs/static/.%2e/dashboard.py", "/jobs/static//etc/passwd",
+    "/jobs/static/%2fetc%2fpasswd", "/jobs/static/..\\web.py", "/jobs/static/%c0%ae%c0%ae/web.py",
     "/static/../pagesync/store.py", "/static/../../pyproject.toml", "/static/%2e%2e/store.py",
     "/static/%2e%2e/%2e%2e/pyproject.toml", "/static/..%2fstore.py", "/static/..%2f..%2fpyproject.toml",
     "/static/%2e%2e%2f%2e%2e%2fpagesync%2fstore.py", "/static//etc/passwd", "/static/....//store.py",
@@ -26,7 +32,7 @@ TRAVERSALS = [
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    st = make_stack(tmp_path_factory.mktemp("http"))
+    st = make_stack(tmp_path_factory.mktemp("http"), dashboard_user="ops", dashboard_password="pw")
     st.start_server()
     yield st
     st.stop()
@@ -35,7 +41,8 @@ def live(tmp_path_factory):
 def raw_get(port: int, target: str, method: str = "GET") -> tuple[int, dict, bytes]:
     """Send the request target exactly as written (clients would normalise `..` away)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     f"Authorization: {DASHBOARD_LOGIN}\r\n\r\n".encode())
         data = b""
         while part := sock.recv(65536):
             data += part
@@ -67,6 +74,12 @@ def test_no_file_outside_the_static_folder_is_served(live, target):
     code, headers, body = raw_get(live.port, target)
     assert code in (400, 403, 404), (target, code)
     assert not any(secret in body for secret in SECRETS), target
+
+
+def test_the_static_folder_itself_is_served(live):
+    """So the traversal attempts above do reach the static route's neighbourhood."""
+    code, headers, body = raw_get(live.port, "/jobs/static/jobs.css")
+    assert code == 200 and headers["content-type"].startswith("text/css") and body
 
 
 def test_html_responses_carry_security_headers():

@@ -1,0 +1,93 @@
+"""Issue 5: /metrics in the Prometheus text format agrees with `pagesync watch --once --json`;
+/readyz answers 503 when the queue or the database is unavailable."""
+import math
+import sqlite3
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from pagesync import store
+
+from .helpers import RedisServer, reference, wait_for
+
+
+def scrape(url: str) -> dict:
+    """{(sample name, frozenset(labels)): value} from a /metrics page."""
+    resp = requests.get(url + "/metrics", timeout=30)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(resp.text) for s in family.samples}
+
+
+def test_metrics_parse_and_match_watch(stack_factory, queue_url):
+    st = stack_factory(queue_url)
+    st.start_server()
+    token = st.token()
+    visits = reference("extension_visits.json")
+    bad = {"pageVisits": [{"id": "pv_bad", "url": "ftp://nope", "startedAt": 1764547200000}] +
+           visits["pageVisits"][:2]}
+    assert st.sync(token, visits).status_code == 200
+    assert st.sync(token, bad).status_code == 200  # two kept (unchanged), one rejected
+    assert st.sync(token, reference("extension_aggregates.json")).status_code == 200
+    queued = scrape(st.url)
+    st.start_worker()
+    st.wait_drained(60)
+    metrics, snap = scrape(st.url), st.snapshot()
+
+    for task, counts in snap["tasks"].items():
+        for state, n in counts.items():
+            assert metrics[("pagesync_jobs", frozenset({"task": task, "state": state}.items()))] == n
+    assert metrics[("pagesync_queue_depth", frozenset())] == snap["queue_depth"] == 0
+    assert metrics[("pagesync_queue_up", frozenset())] == 1
+    assert metrics[("pagesync_jobs_processed_total", frozenset())] == snap["summary"]["processed"]
+    assert metrics[("pagesync_jobs_failed_total", frozenset())] == snap["summary"]["failed"] == 0
+    n_records = len(visits["pageVisits"]) + len(reference("extension_aggregates.json")["tabAggregates"])
+    assert snap["summary"]["processed"] == n_records
+    assert metrics[("pagesync_records_ingested_total", frozenset())] == snap["records"]["records_ingested"]
+    assert snap["records"]["records_ingested"] == n_records + 2
+    assert metrics[("pagesync_records_rejected_total", frozenset())] == 1
+    assert metrics[("pagesync_workers", frozenset({"state": "alive"}.items()))] == len(snap["workers"]) == 1
+    # before the worker ran, every job sat in the queue
+    assert queued[("pagesync_queue_depth", frozenset())] == n_records
+    # the latency histogram counted the three syncs
+    sync_count = ("pagesync_http_request_duration_seconds_count",
+                  frozenset({"method": "POST", "route": "/api/v1/data/sync", "status": "200"}.items()))
+    assert metrics[sync_count] == 3
+    inf_bucket = ("pagesync_http_request_duration_seconds_bucket", frozenset(
+        {"method": "POST", "route": "/api/v1/data/sync", "status": "200", "le": "+Inf"}.items()))
+    assert metrics[inf_bucket] == 3
+
+
+def test_readyz_503_when_redis_stops(stack_factory, tmp_path):
+    redis_server = RedisServer(tmp_path)
+    try:
+        st = stack_factory(redis_server.url)
+        st.start_server()
+        assert requests.get(st.url + "/readyz", timeout=5).status_code == 200
+        redis_server.stop()
+        resp = requests.get(st.url + "/readyz", timeout=30)  # redis-py retries with backoff first
+        assert resp.status_code == 503
+        assert "queue" in resp.json()["problems"]
+        assert resp.headers["Retry-After"]
+        metrics = scrape(st.url)  # still answers, and says the queue is down
+        assert metrics[("pagesync_queue_up", frozenset())] == 0
+        assert math.isnan(metrics[("pagesync_queue_depth", frozenset())])
+    finally:
+        redis_server.stop()
+
+
+def test_readyz_503_when_database_locked(stack):
+    assert requests.get(stack.url + "/readyz", timeout=5).status_code == 200
+    blocker = sqlite3.connect(stack.settings.db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        resp = requests.get(stack.url + "/readyz", timeout=20)
+        assert resp.status_code == 503
+        assert "database" in resp.json()["problems"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    wait_for(lambda: requests.get(stack.url + "/readyz", timeout=10).status_code == 200, 15,
+             "readyz to recover")
+    assert store.counters(stack.conn()).get("readyz") == 0

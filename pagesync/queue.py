@@ -11,6 +11,9 @@ import uuid
 
 import redis
 from huey import RedisHuey, SqliteHuey
+from redis import ConnectionPool
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from . import store
 from .config import Settings
@@ -24,13 +27,21 @@ def make_huey(settings: Settings):
     from . import jobs  # registers the tasks on the instance
 
     if settings.queue_kind == "redis":
-        huey = RedisHuey(HUEY_NAME, url=settings.queue, results=False, blocking=True,
-                         read_timeout=1)
+        huey = RedisHuey(HUEY_NAME, connection_pool=redis_pool(settings.queue), results=False,
+                         blocking=True, read_timeout=1)
     else:
         huey = SqliteHuey(HUEY_NAME, filename=settings.queue_path, results=False,
                           timeout=10, fsync=False)
     jobs.register(huey, settings)
     return huey
+
+
+def redis_pool(url: str):
+    """Fail fast while Redis is away: redis-py retries each call 10 times by default
+    (about 5 s), which would hold every sync request. Two quick retries still cover a
+    stale pooled connection after a Redis restart; the reconciler delivers the rest."""
+    return ConnectionPool.from_url(url, retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 2),
+                                   socket_connect_timeout=2)
 
 
 def job_messages(huey, jobs: list) -> list[bytes]:
@@ -109,8 +120,8 @@ def _sqlite_dequeue(storage, limit: int) -> list[bytes]:
 def queue_depth(huey) -> int:
     try:
         return int(huey.pending_count())
-    except Exception:  # the queue is unreachable: callers show it as unknown
-        log.warning("queue unreachable", exc_info=True)
+    except Exception as exc:  # the queue is unreachable: callers show it as unknown
+        log.warning("queue unreachable (%s: %s)", type(exc).__name__, exc)
         return -1
 
 
@@ -126,8 +137,9 @@ def deliver(conn, huey, jobs: list, mode: str = "bulk") -> bool:
     'pending' in SQLite, and the reconciler delivers them later."""
     try:
         (enqueue_one_by_one if mode == "naive" else enqueue_jobs)(huey, jobs)
-    except Exception:
-        log.exception("could not enqueue %d jobs; the reconciler will retry", len(jobs))
+    except Exception as exc:  # one line, no traceback: it sits in the request path
+        log.warning("could not enqueue %d jobs (%s: %s); the reconciler will deliver them",
+                    len(jobs), type(exc).__name__, exc)
         return False
     try:
         store.mark_enqueued(conn, jobs)
@@ -138,7 +150,10 @@ def deliver(conn, huey, jobs: list, mode: str = "bulk") -> bool:
 
 def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = None,
              limit: int = 5000) -> list:
-    """Jobs whose processing is due and whose message must be lost."""
+    """Jobs whose processing is due and whose message must be lost. A job running for
+    longer than `lost_after` counts as lost even if its worker still beats: with process
+    workers only the child running it may have died (OOM killer), not the heartbeating
+    parent. Running it again is harmless (processing is idempotent)."""
     now = now or time.time()
     dead_worker_before = now - 3 * settings.worker_heartbeat - 1
     sql = """
@@ -148,7 +163,7 @@ def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = No
        OR (j.state = 'queued' AND (j.enqueued_at < :lost_before
                                    OR (:queue_empty AND j.enqueued_at < :pending_before)))
        OR (j.state = 'running' AND (w.name IS NULL OR w.last_seen < :dead_before
-                                    OR w.state = 'stopped'))
+                                    OR w.state = 'stopped' OR j.started_at < :lost_before))
        OR (j.state = 'retrying' AND j.next_attempt_at < :retry_before)
     LIMIT :limit
     """

@@ -23,6 +23,7 @@ from .config import Settings
 from .queue import dequeue_batch, make_huey, reconcile
 
 log = logging.getLogger("pagesync.worker")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # A batch grows while it takes less than this, and shrinks when it takes more: fast jobs go
 # in batches (one transaction each), slow ones one at a time, and the work in flight at a
 # shutdown stays short.
@@ -105,7 +106,7 @@ class Supervisor(BaseProcess):
         self.name_ = jobs.WORKER_NAME["name"]
         self.conn = self.queue = None
         self.next_reconcile = 0.0
-        self.next_prune = time.monotonic() + 60
+        self.next_prune = 0.0  # at start, then every 5 minutes
 
     def initialize(self) -> None:
         # opened here, in the thread or process that uses them: never shared across a fork
@@ -121,7 +122,7 @@ class Supervisor(BaseProcess):
                 reconcile(self.conn, self.queue, self.settings)
                 self.next_reconcile = time.monotonic() + self.settings.reconcile_interval
             if time.monotonic() >= self.next_prune:
-                jobstate.prune_events(self.conn)
+                prune(self.conn, self.settings)
                 self.next_prune = time.monotonic() + 300
         except Exception:
             self._logger.exception("supervisor round failed; trying again")
@@ -142,7 +143,16 @@ def beat(conn, settings: Settings, name: str, pid: int, workers: int, kind: str,
             "UPDATE SET last_seen = excluded.last_seen, state = excluded.state",
             (name, pid, socket.gethostname(), now, now, workers, kind,
              settings.describe_queue(), state))
-        conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - 3600,))
+        conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - settings.workers_keep,))
+
+
+def prune(conn, settings: Settings) -> None:
+    """Keep what would grow without bound bounded: job events past events_keep, and the
+    failed list past failed_keep (jobs that exhaust their attempts by killing their
+    worker reach it without the pruning a raised error gets)."""
+    jobstate.prune_events(conn, settings.events_keep)
+    with store.transaction(conn):
+        jobstate.prune_failed(conn, settings.failed_keep)
 
 
 class RepeatedErrors(logging.Filter):

@@ -2,6 +2,7 @@
 `serve` runs it on cheroot, a multi-threaded production WSGI server."""
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -295,9 +296,20 @@ def make_app(settings: Settings) -> bottle.Bottle:
     return app
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread its own malloc arena, and each of cheroot's threads kept
+    the memory of the 1000-record batches it parsed: 16 threads took the server from
+    ~120 MB to ~220 MB peak RSS. Two arenas for the whole process (M_ARENA_MAX)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def serve(settings: Settings, host: str, port: int, threads: int = 16,
           reuse_port: bool = False) -> None:
     """Run the app on cheroot until SIGTERM/SIGINT."""
+    limit_malloc_arenas()
     import signal
 
     from cheroot import wsgi

@@ -125,7 +125,9 @@ def deliver(conn, huey, jobs: list) -> bool:
 
 def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = None,
              limit: int = 5000) -> list:
-    """Jobs whose processing is due and whose message must be lost."""
+    """Jobs whose processing is due and whose message must be lost. A job running for
+    longer than lost_after is taken as lost too: a process worker's child can die while
+    its parent keeps heartbeating (a duplicate run is harmless: processing is idempotent)."""
     now = now or time.time()
     dead_worker_before = now - 3 * settings.worker_heartbeat - 1
     sql = """
@@ -135,7 +137,7 @@ def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = No
        OR (j.state = 'queued' AND (j.enqueued_at < :lost_before
                                    OR (:queue_empty AND j.enqueued_at < :pending_before)))
        OR (j.state = 'running' AND (w.name IS NULL OR w.last_seen < :dead_before
-                                    OR w.state = 'stopped'))
+                                    OR w.state = 'stopped' OR j.started_at < :lost_before))
        OR (j.state = 'retrying' AND j.next_attempt_at < :retry_before)
     LIMIT :limit
     """

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from . import display, jobstate, store
 from .config import Settings
@@ -228,10 +229,13 @@ def jobs_failed(db: Db = None, as_json: AsJson = False,
     if not rows:
         console.print("No failed jobs.")
         return
-    table = Table("id", "task", "user", "attempts", "failed at", "error", title="Failed jobs")
+    # The id (what `jobs retry ID` takes, never cut short) over its error; Text, not
+    # markup: record ids come from clients and may hold "[...]".
+    table = Table(Column("job / error", overflow="fold"), "user", "attempts", "failed at",
+                  title="Failed jobs", caption="pagesync jobs retry ID|--all · jobs discard ID|--all")
     for r in rows:
-        table.add_row(r["id"], r["task"], r["user"], str(r["attempts"]), fmt_time(r["finished_at"]),
-                      r["error"] or "")
+        cell = Text(r["id"], style="bold") + Text("\n" + (r["error"] or ""), style="red")
+        table.add_row(cell, Text(r["user"]), str(r["attempts"]), fmt_time(r["finished_at"]))
     console.print(table)
 
 

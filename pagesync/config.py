@@ -16,10 +16,16 @@ class Settings:
     # or "redis://host:port/db".
     queue: str = "sqlite"
     timezone: str = "UTC"
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_records: int = 1000
-    max_json_depth: int = 32
-    rate_limit_per_minute: int = 600
+    # Limits on what a client may send (README "Limits and security").
+    max_body_bytes: int = 10 * 1024 * 1024          # request body as sent (413)
+    max_decompressed_bytes: int = 10 * 1024 * 1024  # gzip body after decompression (413)
+    max_records: int = 1000                         # records per request (400)
+    max_json_depth: int = 32                        # nesting of the JSON body (400)
+    max_json_containers: int = 200_000              # arrays + objects in one body (413)
+    max_metadata_bytes: int = 50 * 1024             # one record's metadata as JSON (record rejected)
+    max_metadata_string: int = 2000                 # metadata strings are cut to this
+    rate_limit_per_minute: int = 600                # per token; 0 turns the limit off (429)
+    rate_limit_burst: int = 0                       # requests at once per token; 0: per minute
     retries: int = 10
     retry_base_delay: float = 2.0
     reconcile_interval: float = 30.0
@@ -27,7 +33,9 @@ class Settings:
     worker_heartbeat: float = 2.0
     shutdown_timeout: float = 30.0
     worker_batch: int = 100  # most jobs a worker takes off the queue at once
-    failed_keep: int = 10000
+    failed_keep: int = 10000  # failed jobs kept; the oldest beyond are discarded
+    events_keep: float = 3600.0  # seconds of job events (throughput history) kept
+    workers_keep: float = 3600.0  # seconds a worker that stopped beating stays listed
     dashboard_user: str = ""
     dashboard_password: str = ""
     secret: str = ""
@@ -63,6 +71,13 @@ class Settings:
             return self.queue[len("sqlite:///"):]
         p = Path(self.db)
         return str(p.with_name(p.stem + "-queue" + (p.suffix or ".db")))
+
+    def payload_limits(self):
+        from .payload import Limits
+        return Limits(max_records=self.max_records, max_depth=self.max_json_depth,
+                      max_containers=self.max_json_containers,
+                      max_metadata_bytes=self.max_metadata_bytes,
+                      max_meta_string=self.max_metadata_string)
 
     def describe_queue(self) -> str:
         return self.queue if self.queue_kind == "redis" else f"sqlite:///{self.queue_path}"

@@ -89,4 +89,4 @@ def summary(conn, settings: Settings, port: int) -> Group:
                   f"`pagesync serve --dev --db {settings.db}` to browse it)")
     where.add_row("tab aggregates linked", f"{linked[0]} of {linked[1]}")
     return Group(stored, jobs, display.stats_table(top, f"Top hosts, {day_span[0]} to {day_span[1]}",
-                                                   "host"), where)
+                                                   "host", show_site=False), where)

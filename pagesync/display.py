@@ -86,7 +86,7 @@ def in_flight_table(snap: dict) -> Table | None:
     for col in ("task", "record", "attempt", "age", "worker"):
         table.add_column(col)
     for j in snap["in_flight"][:10]:
-        table.add_row(j["task"], j["record_id"], str(j["attempts"]), f"{j['age_seconds']:.1f}s",
+        table.add_row(j["task"], Text(j["record_id"]), str(j["attempts"]), f"{j['age_seconds']:.1f}s",
                       j["worker"] or "")
     return table
 
@@ -99,7 +99,7 @@ def failures_table(snap: dict) -> Table | None:
         table.add_column(col, no_wrap=True)
     table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
     for f in snap["recent_failures"]:
-        table.add_row(f["task"], f["record_id"], Text(f["state"], style=STATE_STYLE.get(f["state"])),
+        table.add_row(f["task"], Text(f["record_id"]), Text(f["state"], style=STATE_STYLE.get(f["state"])),
                       str(f["attempts"]), Text(str(f["error"] or "")[:80]))
     return table
 
@@ -133,14 +133,15 @@ def replay_summary(result) -> Group:
 
 def rejected_table(rejected: list) -> Table:
     table = Table(title="Rejected records", box=box.SIMPLE, title_style="bold red")
-    table.add_column("file", max_width=24, overflow="ellipsis", no_wrap=True)
-    table.add_column("record", no_wrap=True)
-    table.add_column("field", style="bold")
-    table.add_column("reason", ratio=1, min_width=30, overflow="fold")
+    table.add_column("record", ratio=2, overflow="fold")
+    table.add_column("field", style="bold", overflow="fold")
+    table.add_column("reason", ratio=3, overflow="fold")
     for r in rejected:
         for e in r["errors"]:
-            record = f"{r['type']} #{r['index']} {r['id'] or '(no id)'}"
-            table.add_row(r.get("file", ""), Text(record[:40]), e["field"], Text(short(e["message"])))
+            record = Text(f"{r['type']} #{r['index']} {r['id'] or '(no id)'}")
+            if r.get("file"):
+                record.append(f"\n{r['file']}", style="dim")
+            table.add_row(record, e["field"], Text(short(e["message"])))
     return table
 
 
@@ -152,22 +153,24 @@ def reasons(rejected: list) -> Counter:
     return Counter(e["field"] for r in rejected for e in r["errors"])
 
 
-def stats_table(rows: list, title: str, by: str) -> Table:
+def stats_table(rows: list, title: str, by: str, show_site: bool = True) -> Table:
+    """Figures per host or site with a totals row (the site column only beside hosts)."""
+    show_site = show_site and by == "host"
     table = Table(title=title, box=box.SIMPLE_HEAVY)
     widest = max([len(r[by]) for r in rows] + [5])
-    table.add_column(by, style="bold", min_width=min(widest, 40), overflow="fold")
-    if by == "host":
+    table.add_column(by, style="bold", min_width=min(widest, 28), overflow="fold")
+    if show_site:
         table.add_column("site", style="dim", overflow="fold")
     for col in ("visits", "time", "active", "tab time"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     totals = [0, 0, 0, 0]
     for r in rows:
         values = [r["visits"], r["seconds"], r["active_seconds"], r["tab_seconds"]]
         totals = [a + b for a, b in zip(totals, values)]
-        cells = [Text(r[by])] + ([Text(r["site"])] if by == "host" else [])
+        cells = [Text(r[by])] + ([Text(r["site"])] if show_site else [])
         table.add_row(*cells, str(values[0]), *(hms(v) for v in values[1:]))
     table.add_section()
-    table.add_row("total", *([""] if by == "host" else []), str(totals[0]), *(hms(v) for v in totals[1:]),
+    table.add_row("total", *([""] if show_site else []), str(totals[0]), *(hms(v) for v in totals[1:]),
                   style="bold")
     return table
 

@@ -142,11 +142,6 @@ def prune_failed(conn, keep: int) -> None:
         "state = 'failed' ORDER BY finished_at DESC LIMIT -1 OFFSET ?)", (keep,))
 
 
-def prune_failed_now(conn, keep: int) -> None:
-    with transaction(conn):
-        prune_failed(conn, keep)
-
-
 def prune_events(conn, older_than: float = 3600.0) -> None:
     with transaction(conn):
         conn.execute("DELETE FROM job_events WHERE ts < ?", (time.time() - older_than,))

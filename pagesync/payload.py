@@ -12,6 +12,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, field
+from itertools import accumulate
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
@@ -37,6 +38,20 @@ MAX_ID = 256
 MAX_METADATA_BYTES = 50 * 1024
 MAX_META_STRING = 2000
 MAX_DEPTH = 32
+MAX_CONTAINERS = 200_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The configurable limits of one request (Settings carries the deployment's values)."""
+    max_records: int = 1000
+    max_depth: int = MAX_DEPTH
+    max_containers: int = MAX_CONTAINERS
+    max_metadata_bytes: int = MAX_METADATA_BYTES
+    max_meta_string: int = MAX_META_STRING
+
+
+DEFAULT_LIMITS = Limits()
 
 
 class PayloadError(Exception):
@@ -79,28 +94,78 @@ class RecordErrors:
 # ---------------------------------------------------------------- request body
 
 def decode_body(raw: bytes, content_type: str | None, content_encoding: str | None,
-                max_bytes: int) -> object:
-    """Bytes of a request body -> JSON value. Raises PayloadError (400/413/415)."""
+                max_bytes: int, limits: Limits = DEFAULT_LIMITS,
+                max_decompressed: int | None = None) -> object:
+    """Bytes of a request body -> JSON value. Raises PayloadError (400/413/415).
+    `max_bytes` bounds the body as sent, `max_decompressed` (default: the same) after gzip."""
     mime = (content_type or "").split(";")[0].strip().lower()
     if mime != "application/json" and not mime.endswith("+json"):
-        raise PayloadError(415, f"Content-Type must be application/json, got {mime or 'nothing'}")
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "gzip":
-        raw = gunzip_limited(raw, max_bytes)
-    elif encoding not in ("identity", ""):
-        raise PayloadError(415, f"Content-Encoding {encoding} is not supported (use gzip or none)")
+        raise PayloadError(415, f"Content-Type must be application/json, got {mime[:80] or 'nothing'}")
     if len(raw) > max_bytes:
         raise PayloadError(413, f"Body is {len(raw)} bytes, over the limit of {max_bytes}")
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        raw = gunzip_limited(raw, max_bytes if max_decompressed is None else max_decompressed)
+    elif encoding not in ("identity", ""):
+        raise PayloadError(415, f"Content-Encoding {encoding[:40]} is not supported (use gzip or none)")
+    check_structure(raw, limits)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError(400, f"Body is not valid UTF-8: {exc.reason} at byte {exc.start}")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise PayloadError(400, "Body is not valid JSON: nested too deeply")
     except ValueError as exc:
         raise PayloadError(400, f"Body is not valid JSON: {exc}")
+    return scrub_surrogates(value) if _SURROGATE_ESCAPE.search(raw) else value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(value):
+    """Replace unpaired UTF-16 surrogates (legal as JSON escapes, not storable as UTF-8)
+    with U+FFFD, in keys and values."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [scrub_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
+    return value
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+
+
+def json_skeleton(raw: bytes) -> bytes:
+    """Only the brackets of a JSON text, strings cut out first (all C-speed steps)."""
+    return _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+
+
+def skeleton_depth(skeleton: bytes) -> int:
+    return max(accumulate(map(_STEP.__getitem__, skeleton)), default=0)
+
+
+def check_structure(raw: bytes, limits: Limits) -> None:
+    """Refuse a body too deep (400) or with too many arrays/objects (413) before json.loads
+    spends time and memory on it."""
+    skeleton = json_skeleton(raw)
+    containers = skeleton.count(b"[") + skeleton.count(b"{")
+    if containers > limits.max_containers:
+        raise PayloadError(413, f"Body holds {containers} arrays and objects, over the limit of "
+                                f"{limits.max_containers}")
+    depth = skeleton_depth(skeleton)
+    if depth > limits.max_depth:
+        raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
+                                f"{limits.max_depth}")
 
 
 def _reject_constant(name: str):
@@ -108,20 +173,25 @@ def _reject_constant(name: str):
 
 
 def gunzip_limited(raw: bytes, max_bytes: int) -> bytes:
-    """Decompress gzip, refusing (413) as soon as the output passes max_bytes."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = d.decompress(raw, max_bytes + 1)
-        if len(out) > max_bytes or d.unconsumed_tail:
+    """Decompress gzip (every member of a multi-member stream), refusing (413) as soon as
+    the output passes max_bytes: memory stays bounded by the limit, whatever the ratio."""
+    out = bytearray()
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += d.decompress(raw, max_bytes + 1 - len(out))
+            if len(out) > max_bytes or d.unconsumed_tail:
+                raise PayloadError(413, f"Body decompresses to over the limit of {max_bytes} bytes")
+            out += d.flush()
+        except zlib.error as exc:
+            raise PayloadError(400, f"Body is not valid gzip: {exc}")
+        if not d.eof:
+            raise PayloadError(400, "Body is not valid gzip: truncated stream")
+        if len(out) > max_bytes:
             raise PayloadError(413, f"Body decompresses to over the limit of {max_bytes} bytes")
-        out += d.flush()
-    except zlib.error as exc:
-        raise PayloadError(400, f"Body is not valid gzip: {exc}")
-    if not d.eof:
-        raise PayloadError(400, "Body is not valid gzip: truncated stream")
-    if len(out) > max_bytes:
-        raise PayloadError(413, f"Body decompresses to over the limit of {max_bytes} bytes")
-    return out
+        raw = d.unused_data
+        if not raw.strip(b"\0"):
+            return bytes(out)
 
 
 def gzip_bytes(raw: bytes) -> bytes:
@@ -130,8 +200,10 @@ def gzip_bytes(raw: bytes) -> bytes:
 
 # ---------------------------------------------------------------- batch
 
-def parse_batch(body: object, now_ms: int, max_records: int = 1000) -> Batch:
+def parse_batch(body: object, now_ms: int, max_records: int | None = None,
+                limits: Limits = DEFAULT_LIMITS) -> Batch:
     """A decoded JSON body -> Batch. Raises PayloadError(400) for a malformed request."""
+    max_records = limits.max_records if max_records is None else max_records
     if not isinstance(body, dict):
         raise PayloadError(400, f"Body must be a JSON object, got {json_type(body)}")
     visits = body.get("pageVisits")
@@ -153,7 +225,7 @@ def parse_batch(body: object, now_ms: int, max_records: int = 1000) -> Batch:
         ("tabAggregate", aggs, parse_aggregate, batch.aggregates),
     ):
         for index, item in enumerate(items):
-            rec, report = parser(item, default_client, now_ms)
+            rec, report = parser(item, default_client, now_ms, limits)
             ident = record_label(item, rec)
             for w in report.warnings:
                 batch.warnings.append({"type": kind, "index": index, "id": ident, **w})
@@ -201,7 +273,8 @@ def is_api_visit(item: dict) -> bool:
     return "visited_at" in item or "duration_seconds" in item or "tab_id" in item
 
 
-def parse_visit(item: object, default_client: str | None, now_ms: int):
+def parse_visit(item: object, default_client: str | None, now_ms: int,
+                limits: Limits = DEFAULT_LIMITS):
     """One pageVisit (either dialect) -> (canonical record or None, RecordErrors)."""
     r = RecordErrors()
     if not isinstance(item, dict):
@@ -233,7 +306,8 @@ def parse_visit(item: object, default_client: str | None, now_ms: int):
         rec["is_active"] = None
         rec["idle_periods"] = None
     else:
-        start_key = "startedAt" if item.get("startedAt") is not None else "timestamp"
+        start_key = "timestamp" if item.get("startedAt") is None and item.get("timestamp") is not None \
+            else "startedAt"
         rec["started_at"] = parse_time(item.get(start_key), start_key, r, now_ms, required=True)
         rec["ended_at"] = parse_time(item.get("endedAt"), "endedAt", r, now_ms)
         rec["opened_at"] = parse_time(item.get("openedAt"), "openedAt", r, now_ms)
@@ -249,22 +323,23 @@ def parse_visit(item: object, default_client: str | None, now_ms: int):
         rec["category_confidence"] = parse_fraction(item.get("categoryConfidence"), "categoryConfidence", r)
         rec["category_method"] = parse_method(item.get("categoryMethod"), "categoryMethod", r)
         rec["is_active"] = opt_bool(item, "isActive", r)
-        rec["idle_periods"] = parse_idle_periods(item.get("idlePeriods"), r)
+        rec["idle_periods"] = parse_idle_periods(item.get("idlePeriods"), r, limits)
         if rec["ended_at"] is not None and rec["started_at"] is not None and rec["ended_at"] < rec["started_at"]:
             r.error("endedAt", "is before the visit's start")
     if rec["duration_ms"] is not None and rec["duration_ms"] > DAY_MS:
         r.warn("duration", "is over 24 hours")
-    rec["metadata"] = parse_metadata(item.get("metadata"), r)
+    rec["metadata"] = parse_metadata(item.get("metadata"), r, limits)
     return (None if r.errors else rec), r
 
 
-def parse_idle_periods(value, r: RecordErrors):
+def parse_idle_periods(value, r: RecordErrors, limits: Limits = DEFAULT_LIMITS):
     if value is None:
         return None
     if not isinstance(value, list):
         r.warn("idlePeriods", f"must be an array, got {json_type(value)}; ignored")
         return None
-    return [sanitise_metadata(p, 1) for p in value[:500] if isinstance(p, dict)]
+    kept = [p for p in value[:500] if isinstance(p, dict)]
+    return bounded_object(kept, "idlePeriods", r, limits) if kept else []
 
 
 # ---------------------------------------------------------------- tab aggregates
@@ -278,7 +353,8 @@ def aggregate_id(start_ms: int, tab_id) -> str:
     return f"tab_{start_ms}_{tab_id}"
 
 
-def parse_aggregate(item: object, default_client: str | None, now_ms: int):
+def parse_aggregate(item: object, default_client: str | None, now_ms: int,
+                    limits: Limits = DEFAULT_LIMITS):
     r = RecordErrors()
     if not isinstance(item, dict):
         r.error("record", f"must be an object, got {json_type(item)}")
@@ -286,12 +362,13 @@ def parse_aggregate(item: object, default_client: str | None, now_ms: int):
     if is_api_aggregate(item):
         rec = parse_api_aggregate(item, r, now_ms)
     else:
-        rec = parse_extension_aggregate(item, r, now_ms)
+        rec = parse_extension_aggregate(item, r, now_ms, limits)
     rec["client_id"] = opt_str(item, "anonymousClientId", r) or default_client
     return (None if r.errors else rec), r
 
 
-def parse_extension_aggregate(item: dict, r: RecordErrors, now_ms: int) -> dict:
+def parse_extension_aggregate(item: dict, r: RecordErrors, now_ms: int,
+                              limits: Limits = DEFAULT_LIMITS) -> dict:
     rec = {"dialect": "extension"}
     tab = item.get("tabId")
     if tab is None or isinstance(tab, bool) or not isinstance(tab, (int, str)) or str(tab).strip() == "":
@@ -309,8 +386,7 @@ def parse_extension_aggregate(item: dict, r: RecordErrors, now_ms: int) -> dict:
     rec["page_count"] = opt_int(item, "pageCount", r)
     rec["current_url"] = parse_url(item.get("currentUrl"), "currentUrl", r, required=False, lenient=True)
     rec["current_domain"] = parse_domain(item.get("currentDomain"), "currentDomain", r)
-    stats = item.get("statistics")
-    rec["statistics"] = sanitise_metadata(stats, 1) if isinstance(stats, dict) else None
+    rec["statistics"] = bounded_object(item.get("statistics"), "statistics", r, limits)
     rec["page_visit_id"] = None
     rec["total_time_s"] = rec["active_time_s"] = rec["scroll_depth"] = None
     if start is not None:
@@ -480,7 +556,7 @@ def parse_time(value, fld: str, r: RecordErrors, now_ms: int, required: bool = F
         r.error(fld, "must be epoch milliseconds or an ISO 8601 string, got a boolean")
         return None
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        if not is_finite(value):
             r.error(fld, "must be a finite number")
             return None
         ms = int(value)
@@ -520,6 +596,14 @@ def parse_iso(value: str) -> int | None:
         return None
 
 
+def is_finite(value: int | float) -> bool:
+    """A number usable as a float: not inf/nan, and not an integer too big for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def parse_amount(value, fld: str, r: RecordErrors):
     """A non-negative number (duration, seconds, percent); None stays None."""
     if value is None:
@@ -527,7 +611,7 @@ def parse_amount(value, fld: str, r: RecordErrors):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         r.error(fld, f"must be a number, got {json_type(value)}")
         return None
-    if not math.isfinite(value) or value > 1e15:
+    if not is_finite(value) or value > 1e15:
         r.error(fld, "must be a finite number")
         return None
     if value < 0:
@@ -539,7 +623,7 @@ def parse_amount(value, fld: str, r: RecordErrors):
 def parse_fraction(value, fld: str, r: RecordErrors):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
         r.error(fld, f"must be a number between 0 and 1, got {json_type(value)}")
         return None
     if not 0 <= value <= 1:
@@ -585,8 +669,8 @@ def opt_int(item: dict, key: str, r: RecordErrors):
     value = item.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not float(value).is_integer() or abs(value) > 2**53:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value) \
+            or abs(value) > 2**53 or not float(value).is_integer():
         r.warn(key, f"must be an integer, got {json_type(value)}; ignored")
         return None
     return int(value)
@@ -600,20 +684,39 @@ def opt_bool(item: dict, key: str, r: RecordErrors):
     return None
 
 
-def parse_metadata(value, r: RecordErrors):
+def parse_metadata(value, r: RecordErrors, limits: Limits = DEFAULT_LIMITS):
     if value is None:
         return None
     if not isinstance(value, dict):
         r.error("metadata", f"must be an object, got {json_type(value)}")
         return None
-    if nesting_depth(value) > MAX_DEPTH:
-        r.error("metadata", f"is nested deeper than {MAX_DEPTH} levels")
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    except (RecursionError, ValueError):
+        size = limits.max_metadata_bytes + 1
+    if size > limits.max_metadata_bytes:
+        r.error("metadata", f"is {size} bytes as JSON, over the limit of {limits.max_metadata_bytes}")
         return None
-    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-    if size > MAX_METADATA_BYTES:
-        r.error("metadata", f"is {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES}")
+    if nesting_depth(value) > limits.max_depth:
+        r.error("metadata", f"is nested deeper than {limits.max_depth} levels")
         return None
-    return sanitise_metadata(value, 0)
+    return sanitise_metadata(value, limits.max_meta_string)
+
+
+def bounded_object(value, fld: str, r: RecordErrors, limits: Limits):
+    """A free-form object/array kept as sent (sanitised) if small and shallow, else ignored."""
+    if not isinstance(value, (dict, list)):
+        if value is not None:
+            r.warn(fld, f"must be an object, got {json_type(value)}; ignored")
+        return None
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    except (RecursionError, ValueError):
+        size = limits.max_metadata_bytes + 1
+    if size > limits.max_metadata_bytes or nesting_depth(value) > limits.max_depth:
+        r.warn(fld, f"is over {limits.max_metadata_bytes} bytes or {limits.max_depth} levels; ignored")
+        return None
+    return sanitise_metadata(value, limits.max_meta_string)
 
 
 def nesting_depth(value) -> int:
@@ -630,15 +733,15 @@ def nesting_depth(value) -> int:
     return deepest
 
 
-def sanitise_metadata(value, depth: int):
-    """Drop prototype-pollution keys, cut long strings. Input depth is already bounded."""
+def sanitise_metadata(value, cut: int = MAX_META_STRING):
+    """Drop prototype-pollution keys, cut long strings (keys too). Input depth is bounded."""
     if isinstance(value, dict):
-        return {str(k)[:MAX_META_STRING]: sanitise_metadata(v, depth + 1)
+        return {str(k)[:cut]: sanitise_metadata(v, cut)
                 for k, v in value.items() if k not in FORBIDDEN_KEYS}
     if isinstance(value, list):
-        return [sanitise_metadata(v, depth + 1) for v in value]
+        return [sanitise_metadata(v, cut) for v in value]
     if isinstance(value, str):
-        return value[:MAX_META_STRING]
+        return value[:cut]
     return value
 
 

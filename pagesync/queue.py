@@ -10,6 +10,9 @@ import time
 
 import redis
 from huey import RedisHuey, SqliteHuey
+from redis import ConnectionPool
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from . import store
 from .config import Settings
@@ -23,13 +26,21 @@ def make_huey(settings: Settings):
     from . import jobs  # registers the tasks on the instance
 
     if settings.queue_kind == "redis":
-        huey = RedisHuey(HUEY_NAME, url=settings.queue, results=False, blocking=True,
-                         read_timeout=1)
+        huey = RedisHuey(HUEY_NAME, connection_pool=redis_pool(settings.queue), results=False,
+                         blocking=True, read_timeout=1)
     else:
         huey = SqliteHuey(HUEY_NAME, filename=settings.queue_path, results=False,
                           timeout=10, fsync=False)
     jobs.register(huey, settings)
     return huey
+
+
+def redis_pool(url: str):
+    """Fail fast while Redis is away: redis-py retries each call 10 times by default
+    (about 5 s), which would hold every sync request. Two quick retries still cover a
+    stale pooled connection after a Redis restart; the reconciler delivers the rest."""
+    return ConnectionPool.from_url(url, retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 2),
+                                   socket_connect_timeout=2)
 
 
 def job_messages(huey, jobs: list) -> list[bytes]:
@@ -96,8 +107,8 @@ def _sqlite_dequeue(storage, limit: int) -> list[bytes]:
 def queue_depth(huey) -> int:
     try:
         return int(huey.pending_count())
-    except Exception:  # the queue is unreachable: callers show it as unknown
-        log.warning("queue unreachable", exc_info=True)
+    except Exception as exc:  # the queue is unreachable: callers show it as unknown
+        log.warning("queue unreachable (%s: %s)", type(exc).__name__, exc)
         return -1
 
 
@@ -113,8 +124,9 @@ def deliver(conn, huey, jobs: list) -> bool:
     'pending' in SQLite, and the reconciler delivers them later."""
     try:
         enqueue_jobs(huey, jobs)
-    except Exception:
-        log.exception("could not enqueue %d jobs; the reconciler will retry", len(jobs))
+    except Exception as exc:  # one line, no traceback: it sits in the request path
+        log.warning("could not enqueue %d jobs (%s: %s); the reconciler will deliver them",
+                    len(jobs), type(exc).__name__, exc)
         return False
     try:
         store.mark_enqueued(conn, jobs)
@@ -126,8 +138,9 @@ def deliver(conn, huey, jobs: list) -> bool:
 def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = None,
              limit: int = 5000) -> list:
     """Jobs whose processing is due and whose message must be lost. A job running for
-    longer than lost_after is taken as lost too: a process worker's child can die while
-    its parent keeps heartbeating (a duplicate run is harmless: processing is idempotent)."""
+    longer than `lost_after` counts as lost even if its worker still beats: with process
+    workers only the child running it may have died (OOM killer), not the heartbeating
+    parent. Running it again is harmless (processing is idempotent)."""
     now = now or time.time()
     dead_worker_before = now - 3 * settings.worker_heartbeat - 1
     sql = """

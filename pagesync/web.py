@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from datetime import datetime
+from importlib import resources
 
 import bottle
 
@@ -26,11 +28,12 @@ class ApiError(Exception):
 
 
 class RateLimiter:
-    """Per-token token bucket: `per_minute` requests a minute, bursts up to that many."""
+    """Per-token token bucket: `per_minute` requests a minute, bursts up to `burst`
+    (default: per_minute). per_minute 0 turns the limit off."""
 
-    def __init__(self, per_minute: int):
+    def __init__(self, per_minute: int, burst: int = 0):
         self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
+        self.capacity = float(burst if burst > 0 else per_minute)
         self.buckets: dict = {}
         self.lock = threading.Lock()
 
@@ -38,7 +41,7 @@ class RateLimiter:
         """0 when allowed, else the seconds to wait."""
         if self.rate <= 0:
             return 0.0
-        now = now or time.monotonic()
+        now = time.monotonic() if now is None else now
         with self.lock:
             tokens, last = self.buckets.get(key, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
@@ -47,6 +50,29 @@ class RateLimiter:
                 return 0.0
             self.buckets[key] = (tokens, now)
             return (1 - tokens) / self.rate
+
+
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+OPENAPI = json.loads(resources.files("pagesync").joinpath("openapi.json").read_text("utf-8"))
+HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' "
+                               "'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def content_length(environ: dict) -> int | None:
+    """The declared body length; None when absent (a chunked body), -1 when malformed."""
+    raw = environ.get("CONTENT_LENGTH")
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return -1
+    return value if value >= 0 else -1
 
 
 def json_response(status: int, body: dict, headers: dict | None = None):
@@ -72,7 +98,7 @@ class App:
         store.init_db(settings.db)
         self.pool = store.ConnectionPool(settings.db, durable=True, timeout=5.0)
         self.huey = make_huey(settings)
-        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     def authenticate(self) -> dict:
         header = bottle.request.get_header("Authorization", "")
@@ -91,23 +117,36 @@ class App:
         return user
 
     def read_body(self) -> bytes:
+        """The raw body, never more than the limit: a declared Content-Length over it is
+        refused before reading (by `limit_body`), a chunked body as soon as it passes it.
+        Reads wsgi.input directly: cheroot has already undone the chunked encoding."""
         limit = self.settings.max_body_bytes
-        length = bottle.request.content_length
-        if length > limit:
-            raise ApiError(413, f"Body is {length} bytes, over the limit of {limit}")
-        body = bottle.request.body.read(limit + 1)
-        if len(body) > limit:
+        length = content_length(bottle.request.environ)
+        stream = bottle.request.environ.get("wsgi.input")
+        if stream is None or length == 0:
+            return b""
+        want = limit + 1 if length is None else min(length, limit + 1)
+        parts, size = [], 0
+        while size < want:
+            part = stream.read(min(65536, want - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        if size > limit:
             raise ApiError(413, f"Body is over the limit of {limit} bytes")
-        return body
+        return b"".join(parts)
 
     def sync(self):
         user = self.authenticate()
         raw = self.read_body()
         req = bottle.request
         try:
+            limits = self.settings.payload_limits()
             body = payload.decode_body(raw, req.content_type, req.get_header("Content-Encoding"),
-                                       self.settings.max_body_bytes)
-            batch = payload.parse_batch(body, int(time.time() * 1000), self.settings.max_records)
+                                       self.settings.max_body_bytes, limits,
+                                       self.settings.max_decompressed_bytes)
+            batch = payload.parse_batch(body, int(time.time() * 1000), limits=limits)
         except payload.PayloadError as exc:
             raise ApiError(exc.status, exc.message, exc.errors)
         report = {"rejected_records_count": len(batch.rejected), "rejected": batch.rejected,
@@ -135,9 +174,11 @@ class App:
         tz = self.settings.timezone
         day = bottle.request.query.get("date") or processing.day_of(int(time.time() * 1000), tz)
         try:
+            if not DATE.fullmatch(day):
+                raise ValueError(day)
             datetime.strptime(day, "%Y-%m-%d")
         except ValueError:
-            raise ApiError(400, f"date must be YYYY-MM-DD, got {day[:40]!r}")
+            raise ApiError(400, f"date must be a day as YYYY-MM-DD, got {day[:40]!r}")
         hosts = stats.figures(self.pool.get(), user["id"], day, day, "host")
         return json_response(200, {"date": day, "timezone": tz, "hosts": hosts})
 
@@ -159,6 +200,9 @@ class App:
             return json_response(503, {"status": "unavailable", "problems": problems},
                                  {"Retry-After": 5})
         return json_response(200, {"status": "ready"})
+
+    def openapi(self):
+        return json_response(200, OPENAPI)
 
 
 def guarded(handler):
@@ -182,23 +226,63 @@ def guarded(handler):
     return wrapper
 
 
+def limit_body(max_bytes: int):
+    """before_request hook: a declared body over the limit is refused before it is read,
+    on every route (cheroot then closes the connection instead of draining the body)."""
+    def hook():
+        length = content_length(bottle.request.environ)
+        if length == -1:
+            raise json_response(400, {"success": False, "errors": [],
+                                      "message": "Content-Length must be a non-negative integer"})
+        if length is not None and length > max_bytes:
+            raise json_response(413, {"success": False, "errors": [], "message":
+                                      f"Body is {length} bytes, over the limit of {max_bytes}"})
+    return hook
+
+
+def security_headers():
+    """after_request hook: nosniff everywhere; CSP, frame and referrer policies on HTML.
+    A header a handler set itself (e.g. a page's own CSP) is left alone."""
+    resp = bottle.response
+    resp.set_header("X-Content-Type-Options", "nosniff")
+    ctype = (resp.content_type or resp.default_content_type).lower()  # unset: bottle sends HTML
+    if ctype.startswith("text/html"):
+        for name, value in HTML_HEADERS.items():
+            if name not in resp.headers:
+                resp.set_header(name, value)
+
+
+ERROR_MESSAGES = {404: "No such endpoint: {method} {path}",
+                  405: "Method {method} is not allowed on {path}"}
+
+
+def error_page(err: bottle.HTTPError) -> str:
+    """Bottle's own errors (unknown route, wrong method, ...) as JSON, never HTML."""
+    req = bottle.request
+    template = ERROR_MESSAGES.get(err.status_code)
+    message = template.format(method=req.method, path=req.path[:200]) if template else err.status_line
+    if err.status_code == 405 and bottle.response.get_header("Allow"):
+        message += f" (allowed: {bottle.response.get_header('Allow')})"
+    if err.status_code >= 500:
+        log.error("unhandled error answering %s %s: %s", req.method, req.path[:200], err.body)
+    bottle.response.content_type = "application/json; charset=utf-8"
+    return json.dumps({"success": False, "message": message, "errors": []})
+
+
 def make_app(settings: Settings) -> bottle.Bottle:
     state = App(settings)
     app = bottle.Bottle()
     app.config["pagesync.state"] = state
+    app.add_hook("before_request", limit_body(settings.max_body_bytes))
+    app.add_hook("after_request", security_headers)
     app.route("/api/v1/data/sync", "POST", guarded(state.sync))
     app.route("/api/v1/stats/daily", "GET", guarded(state.stats_daily))
+    app.route("/api/v1/openapi.json", "GET", guarded(state.openapi))
     app.route("/healthz", "GET", guarded(state.healthz))
     app.route("/readyz", "GET", guarded(state.readyz))
     dashboard.mount(app, state)  # /jobs and the (protected) /api/v1/jobs snapshot
     metrics.mount(app, state)  # /metrics and the request latency histogram
-
-    def on_error(err):
-        return json.dumps({"success": False, "message": f"{err.status_line}", "errors": []})
-
-    for code in (400, 404, 405, 413, 500):
-        app.error(code)(on_error)
-    app.default_error_handler = lambda err: on_error(err)
+    app.default_error_handler = error_page
     return app
 
 
@@ -211,7 +295,9 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16) -> None:
     app = make_app(settings)
     server = wsgi.Server((host, port), app, numthreads=threads, request_queue_size=128,
                          server_name="pagesync")
-    server.max_request_body_size = settings.max_body_bytes + 1024
+    # No cheroot body limit: the app refuses a declared length over the limit with a JSON
+    # 413 before reading (limit_body) and reads a chunked body only up to the limit.
+    server.max_request_body_size = 0
 
     def stop(signum, frame):
         threading.Thread(target=server.stop, daemon=True).start()

@@ -23,6 +23,7 @@ from .config import Settings
 from .queue import dequeue_batch, make_huey, reconcile
 
 log = logging.getLogger("pagesync.worker")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # A batch grows while it takes less than this, and shrinks when it takes more: fast jobs go
 # in batches (one transaction each), slow ones one at a time, and the work in flight at a
 # shutdown stays short.
@@ -105,14 +106,12 @@ class Supervisor(BaseProcess):
         self.name_ = jobs.WORKER_NAME["name"]
         self.conn = self.queue = None
         self.next_reconcile = 0.0
-        self.next_prune = time.monotonic() + 60
+        self.next_prune = 0.0  # at start, then every 5 minutes
 
     def initialize(self) -> None:
         # opened here, in the thread or process that uses them: never shared across a fork
         self.conn = store.connect(self.settings.db, durable=False)
         self.queue = make_huey(self.settings)
-        # a lower cap on the failed list takes effect when a worker starts
-        store.with_retry(lambda: jobstate.prune_failed_now(self.conn, self.settings.failed_keep))
 
     def loop(self, now=None) -> None:
         try:
@@ -121,7 +120,7 @@ class Supervisor(BaseProcess):
                 reconcile(self.conn, self.queue, self.settings)
                 self.next_reconcile = time.monotonic() + self.settings.reconcile_interval
             if time.monotonic() >= self.next_prune:
-                jobstate.prune_events(self.conn)
+                prune(self.conn, self.settings)
                 self.next_prune = time.monotonic() + 300
         except Exception:
             self._logger.exception("supervisor round failed; trying again")
@@ -142,7 +141,16 @@ def beat(conn, settings: Settings, name: str, pid: int, workers: int, kind: str,
             "UPDATE SET last_seen = excluded.last_seen, state = excluded.state",
             (name, pid, socket.gethostname(), now, now, workers, kind,
              settings.describe_queue(), state))
-        conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - 3600,))
+        conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - settings.workers_keep,))
+
+
+def prune(conn, settings: Settings) -> None:
+    """Keep what would grow without bound bounded: job events past events_keep, and the
+    failed list past failed_keep (jobs that exhaust their attempts by killing their
+    worker reach it without the pruning a raised error gets)."""
+    jobstate.prune_events(conn, settings.events_keep)
+    with store.transaction(conn):
+        jobstate.prune_failed(conn, settings.failed_keep)
 
 
 class RepeatedErrors(logging.Filter):
@@ -195,14 +203,15 @@ class GracefulProcessEnvironment(ProcessEnvironment):
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """A child of a worker killed with SIGKILL (or by the OOM killer) must not live on,
-    taking jobs under a dead worker's name: Linux kills it with its parent
-    (prctl PR_SET_PDEATHSIG); its jobs in flight are then found like any dead worker's."""
+    """Linux: this child gets SIGKILL when the consumer dies (kill -9, OOM killer) instead
+    of living on as an orphan that still takes jobs, and heartbeats under the dead worker's
+    name, so its jobs would never be handed to the next worker. Dead, its running jobs are
+    found by the reconciler like any dead worker's."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the heartbeat still tells
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: no such call
+        return
+    if os.getppid() != parent_pid:  # the consumer died before prctl took effect
         os._exit(1)
 
 

@@ -1,0 +1,428 @@
+"""Issue 4: delivery guarantees with real processes and real signals. Every stored record
+is processed, in effect once, whatever crashes: a server dying between commit and enqueue,
+a worker SIGKILLed mid-job, a job that raises or kills its worker, SIGTERM/SIGINT during a
+drain, Redis going away for a while."""
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import redis
+import requests
+
+from pagesync import procs, stats
+from pagesync.queue import make_huey
+
+from .helpers import need, reference, row_count, wait_for
+
+FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
+
+
+# ---------------------------------------------------------------- helpers
+
+def states(st) -> dict:
+    """{state: count} straight from the jobs table (pending kept apart from queued)."""
+    rows = st.conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def job(st, record_id: str) -> dict:
+    row = st.conn().execute("SELECT * FROM jobs WHERE record_id = ?", (record_id,)).fetchone()
+    return dict(row) if row else {}
+
+
+def all_processed(st) -> None:
+    """Every stored record has a done job at its latest revision, and the rollups equal a
+    fresh computation from the stored records (nothing lost, nothing counted twice)."""
+    conn = st.conn()
+    for table in ("page_visits", "tab_aggregates"):
+        behind = conn.execute(f"SELECT id FROM {table} WHERE processed_revision IS NULL "
+                              f"OR processed_revision < revision").fetchall()
+        assert not behind, f"{table} not processed: {[r[0] for r in behind]}"
+    assert set(states(st)) == {"done"}, states(st)
+    check = stats.verify(conn, st.settings.timezone)
+    assert check["equal"], check["differences"]
+    visits = conn.execute("SELECT COALESCE(SUM(visits), 0) FROM rollups").fetchone()[0]
+    assert visits == row_count(conn, "page_visits")
+
+
+def both_payloads():
+    return reference("extension_visits.json"), reference("extension_aggregates.json")
+
+
+def broken_visits(n: int, word: str = "broken") -> list:
+    """Valid visits whose id contains `word` (the worker's fail/kill fault matches it)."""
+    base = reference("extension_visits.json")["pageVisits"][0]
+    out = []
+    for i in range(n):
+        v = copy.deepcopy(base)
+        v["id"] = v["visitId"] = f"pv_{word}_{i}"
+        v["url"] = f"https://{word}.example/{i}"
+        v["domain"] = f"{word}.example"
+        v["tabId"] = 900 + i
+        out.append(v)
+    return out
+
+
+def sync_ok(st, token, body):
+    resp = st.sync(token, body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["data"]
+
+
+def wait_exit(proc, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise AssertionError(f"process {proc.pid} still running after {timeout}s")
+
+
+def failed_list(st) -> list:
+    return json.loads(st.cli("jobs", "failed", "--json").stdout)
+
+
+# ---------------------------------------------------------------- server dies after commit
+
+def test_server_killed_between_commit_and_enqueue_loses_nothing(stack_factory, queue_url):
+    st = stack_factory(queue_url, **FAST)
+    st.start_server(extra_env={"PAGESYNC_FAULT": "exit-after-commit"})
+    token = st.token()
+    visits, _ = both_payloads()
+    with pytest.raises(requests.ConnectionError):  # no 200: the extension will resend
+        st.sync(token, visits)
+    assert wait_exit(st.server, 10) == 3
+    n = len(visits["pageVisits"])
+    assert row_count(st.conn(), "page_visits") == n  # committed before the crash
+    assert states(st) == {"pending": n}  # ...but never handed to the queue
+    # The server comes back; the extension resends the batch: same rows, no new jobs.
+    st.start_server()
+    again = sync_ok(st, token, visits)
+    assert again["jobs_enqueued"] == 0
+    assert states(st) == {"pending": n}
+    st.start_worker()
+    st.wait_drained(30)
+    all_processed(st)
+
+
+# ---------------------------------------------------------------- worker SIGKILLed mid-job
+
+def test_worker_sigkilled_mid_jobs_restart_processes_everything_once(stack_factory, queue_url):
+    st = stack_factory(queue_url, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, aggs = both_payloads()
+    sync_ok(st, token, visits)
+    sync_ok(st, token, aggs)
+    total = len(visits["pageVisits"]) + len(aggs["tabAggregates"])
+    worker = st.start_worker(extra_env={"PAGESYNC_FAULT": "slow-job:0.4"})
+    wait_for(lambda: states(st).get("done", 0) >= 2 and states(st).get("running", 0) >= 1,
+             30, "some jobs done and some running")
+    worker.send_signal(signal.SIGKILL)
+    assert wait_exit(worker, 5) == -signal.SIGKILL
+    left = states(st)
+    assert left.get("running", 0) >= 1 and left.get("done", 0) < total, left
+    st.start_worker()
+    st.wait_drained(40)
+    all_processed(st)
+    assert states(st) == {"done": total}
+    assert make_huey(st.settings).storage.result_store_size() == 0  # results=False
+
+
+def test_process_worker_sigkilled_takes_its_children_along(stack_factory):
+    """kill -9 (or the OOM killer) on a --kind process worker: its children must not live
+    on as orphans that keep taking jobs and heartbeating under the dead worker's name."""
+    st = stack_factory(**FAST)
+    st.start_server()
+    token = st.token()
+    visits, aggs = both_payloads()
+    sync_ok(st, token, visits)
+    sync_ok(st, token, aggs)
+    worker = st.start_worker(kind="process", extra_env={"PAGESYNC_FAULT": "slow-job:0.4"})
+    wait_for(lambda: states(st).get("done", 0) >= 2 and states(st).get("running", 0) >= 1,
+             30, "some jobs done and some running")
+    children = psutil.Process(worker.pid).children(recursive=True)
+    assert len(children) >= 3  # two workers and the supervisor
+    worker.send_signal(signal.SIGKILL)
+    assert wait_exit(worker, 5) == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    for p in alive:
+        p.kill()
+    assert not alive, [p.pid for p in alive]
+    st.start_worker(kind="process")
+    st.wait_drained(40)
+    all_processed(st)
+
+
+# ---------------------------------------------------------------- a job that raises
+
+def watch_attempts(st, record_id: str, timeout: float) -> dict:
+    """Poll one job's row until it is failed: {attempt: (started, finished, next_at)}."""
+    seen, deadline = {}, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = job(st, record_id)
+        if row.get("attempts"):
+            seen[row["attempts"]] = (row["started_at"], row["finished_at"], row["next_attempt_at"])
+        if row.get("state") == "failed":
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"{record_id} not failed after {timeout}s: {job(st, record_id)}")
+
+
+def test_raising_job_backs_off_then_lands_in_failed_list(stack_factory):
+    st = stack_factory(retries=3, retry_base_delay=0.5, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, _ = both_payloads()
+    sync_ok(st, token, {"pageVisits": visits["pageVisits"] + broken_visits(1)})
+    st.start_worker(extra_env={"PAGESYNC_FAULT": "fail-record:broken"})
+    history = watch_attempts(st, "pv_broken_0", 30)
+    assert sorted(history) == [1, 2, 3, 4]  # the first run and 3 retries
+    gaps, planned = [], []
+    for k in (1, 2, 3):
+        started, finished, next_at = history[k]
+        planned.append(next_at - finished)
+        gaps.append(history[k + 1][0] - finished)
+        # base * 2^(k-1), with +-10% jitter
+        assert 0.5 * 2 ** (k - 1) * 0.89 <= planned[-1] <= 0.5 * 2 ** (k - 1) * 1.11, planned
+        assert gaps[-1] >= planned[-1] - 0.05, (gaps, planned)  # never early
+        assert gaps[-1] <= planned[-1] + 4, (gaps, planned)  # a scheduler tick, plus load
+    assert gaps[2] > gaps[0], gaps
+    assert history[4][2] is None  # no further attempt planned
+    [failed] = failed_list(st)
+    assert failed["id"] == "visit:1:pv_broken_0" and failed["attempts"] == 4
+    assert failed["error"] == "RuntimeError: injected failure for pv_broken_0"
+    assert failed["traceback"].startswith("Traceback") and "apply_fault" in failed["traceback"]
+    table = st.cli("jobs", "failed", env={"COLUMNS": "200"}).stdout
+    assert "visit:1:pv_broken_0" in table and "injected failure" in table
+    st.wait_drained(10)
+    assert states(st) == {"done": len(visits["pageVisits"]), "failed": 1}
+
+
+def test_operator_retries_and_discards_failed_jobs(stack_factory):
+    st = stack_factory(retries=0, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, _ = both_payloads()
+    broken = broken_visits(3)
+    broken[1]["id"] = broken[1]["visitId"] = "pv_broken_[/b]_1"  # ids come from clients
+    sync_ok(st, token, {"pageVisits": visits["pageVisits"][:3] + broken})
+    worker = st.start_worker(extra_env={"PAGESYNC_FAULT": "fail-record:broken"})
+    wait_for(lambda: states(st).get("failed") == 3, 20, "three failed jobs")
+    table = st.cli("jobs", "failed", env={"COLUMNS": "120"}).stdout
+    for i in ("0", "[/b]_1", "2"):
+        assert f"visit:1:pv_broken_{i}" in table
+        assert f"RuntimeError: injected failure for pv_broken_{i}" in table
+    # operator mistakes get a clear message and change nothing
+    assert st.cli("jobs", "retry", check=False).returncode == 2
+    bad = st.cli("jobs", "retry", "pv_broken_0", check=False)
+    assert bad.returncode == 1 and "not a job id" in bad.stderr
+    missing = st.cli("jobs", "discard", "visit:1:pv_nope", check=False)
+    assert missing.returncode == 1 and "no failed job visit:1:pv_nope" in missing.stderr
+    assert states(st) == {"done": 3, "failed": 3}
+    # fix the cause (a worker without the fault); discard one, retry one, then the rest
+    assert procs.stop(worker, timeout=20) == 0
+    st.start_worker()
+    out = json.loads(st.cli("jobs", "discard", "visit:1:pv_broken_2", "--json").stdout)
+    assert out == {"discarded": 1}
+    out = json.loads(st.cli("jobs", "retry", "visit:1:pv_broken_0", "--json").stdout)
+    assert out == {"retried": 1, "enqueued": True}
+    wait_for(lambda: job(st, "pv_broken_0")["state"] == "done", 15, "the retried job done")
+    assert "Retrying 1 job(s)" in st.cli("jobs", "retry", "--all").stdout
+    st.wait_drained(15)
+    assert [job(st, f"pv_broken_{i}")["state"] for i in ("0", "[/b]_1", "2")] == [
+        "done", "done", "discarded"]
+    assert failed_list(st) == []
+    assert row_count(st.conn(), "page_visits") == 6  # the discarded job's record is kept
+
+
+# ---------------------------------------------------------------- a job that kills its worker
+
+def test_job_killing_its_worker_ends_in_failed_list(stack_factory):
+    """Like systemd Restart=always: the worker is restarted each time it dies. The attempt
+    is counted before the job runs, so the killer stops after retries+1 attempts."""
+    st = stack_factory(retries=1, worker_heartbeat=0.3, reconcile_interval=0.5)
+    st.start_server()
+    token = st.token()
+    visits, _ = both_payloads()
+    sync_ok(st, token, {"pageVisits": visits["pageVisits"] + broken_visits(1, "killer")})
+    fault = {"PAGESYNC_FAULT": "kill-record:killer"}
+    worker, deaths = st.start_worker(workers=1, extra_env=fault), []
+    deadline = time.monotonic() + 60
+    while job(st, "pv_killer_0").get("state") != "failed":
+        assert time.monotonic() < deadline, (deaths, job(st, "pv_killer_0"), st.logs())
+        if worker.poll() is not None:
+            deaths.append(worker.returncode)
+            worker = st.start_worker(workers=1, extra_env=fault)
+        time.sleep(0.05)
+    assert deaths == [-signal.SIGKILL] * 2
+    killer = job(st, "pv_killer_0")
+    assert killer["attempts"] == 2
+    assert "gave up after 2 attempts" in killer["error"] and "died" in killer["error"]
+    st.wait_drained(20)
+    assert states(st) == {"done": len(visits["pageVisits"]), "failed": 1}
+    assert [f["id"] for f in failed_list(st)] == ["visit:1:pv_killer_0"]
+    assert procs.stop(worker, timeout=20) == 0
+
+
+def test_job_killing_a_process_worker_child_is_not_stuck_running(stack_factory):
+    """With --kind process only the child dies; its parent keeps heartbeating. The job must
+    not stay 'running' forever: past lost_after it is delivered again, then fails."""
+    st = stack_factory(retries=1, lost_after=2, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, _ = both_payloads()
+    sync_ok(st, token, {"pageVisits": visits["pageVisits"] + broken_visits(1, "killer")})
+    worker = st.start_worker(workers=1, kind="process",
+                             extra_env={"PAGESYNC_FAULT": "kill-record:killer"})
+    wait_for(lambda: job(st, "pv_killer_0").get("state") == "failed", 40,
+             "the killer job in the failed list")
+    assert worker.poll() is None  # the parent survived; Huey restarted the child
+    assert job(st, "pv_killer_0")["attempts"] == 2
+    st.wait_drained(20)
+    assert states(st) == {"done": len(visits["pageVisits"]), "failed": 1}
+    assert procs.stop(worker, timeout=20) == 0
+
+
+# ---------------------------------------------------------------- graceful shutdown
+
+@pytest.mark.parametrize("sig, kind", [(signal.SIGTERM, "thread"), (signal.SIGINT, "thread"),
+                                       (signal.SIGTERM, "process"), (signal.SIGINT, "process")],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-process", "Ctrl-C-process-group"])
+def test_signal_during_drain_exits_0_and_loses_nothing(stack_factory, sig, kind):
+    """SIGTERM goes to the worker's pid (systemd, Docker); Ctrl-C in a terminal sends
+    SIGINT to its whole process group, children included."""
+    st = stack_factory(shutdown_timeout=5, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, aggs = both_payloads()
+    sync_ok(st, token, visits)
+    sync_ok(st, token, aggs)
+    total = len(visits["pageVisits"]) + len(aggs["tabAggregates"])
+    worker = st.start_worker(kind=kind, extra_env={"PAGESYNC_FAULT": "slow-job:0.5"})
+    wait_for(lambda: states(st).get("done", 0) >= 1 and states(st).get("running", 0) >= 1,
+             30, "a drain in progress")
+    t0 = time.monotonic()
+    if sig == signal.SIGINT and kind == "process":
+        os.killpg(worker.pid, sig)  # the worker leads its own session (start_new_session)
+    else:
+        worker.send_signal(sig)
+    assert wait_exit(worker, 15) == 0
+    assert time.monotonic() - t0 < 5 + 2
+    after = states(st)
+    assert after.get("running", 0) == 0, after  # in-flight jobs finished
+    assert after.get("done", 0) < total, after  # and it stopped taking new ones
+    st.start_worker()
+    st.wait_drained(30)
+    all_processed(st)
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_shutdown_timeout_cuts_long_jobs_which_run_again_later(stack_factory, kind):
+    st = stack_factory(shutdown_timeout=1, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, _ = both_payloads()
+    sync_ok(st, token, visits)
+    worker = st.start_worker(kind=kind, extra_env={"PAGESYNC_FAULT": "slow-job:60"})
+    wait_for(lambda: states(st).get("running", 0) == 2, 30, "two long jobs running")
+    t0 = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert wait_exit(worker, 10) == 0
+    assert time.monotonic() - t0 < 1 + 3
+    assert states(st).get("running") == 2  # cut short, on a worker marked stopped
+    st.start_worker()
+    st.wait_drained(30)
+    all_processed(st)
+
+
+# ---------------------------------------------------------------- Redis away for a while
+
+class DedicatedRedis:
+    """A redis-server of this test's own (no persistence) on a fixed free port, so it can
+    be stopped and started again at the same address."""
+
+    def __init__(self, tmp):
+        need("redis-server", shutil.which("redis-server") is not None)
+        self.tmp, self.port, self.proc = tmp, procs.free_port(), None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.ping(), 10, "redis-server to answer")
+
+    def ping(self) -> bool:
+        try:
+            return redis.Redis.from_url(self.url, socket_timeout=1).ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self):
+        if self.proc is not None:
+            procs.stop(self.proc, timeout=5)
+            self.proc = None
+
+
+def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory, tmp_path):
+    server = DedicatedRedis(tmp_path)
+    server.start()
+    try:
+        st = stack_factory(server.url, **FAST)
+        st.start_server()
+        token = st.token()
+        visits, aggs = both_payloads()
+        sync_ok(st, token, visits)  # queued in Redis...
+        server.stop()  # ...and lost with it (no persistence)
+        t0 = time.monotonic()
+        data = sync_ok(st, token, aggs)
+        assert time.monotonic() - t0 < 5
+        assert data["jobs_enqueued"] == len(aggs["tabAggregates"])
+        assert states(st) == {"queued": len(visits["pageVisits"]),
+                              "pending": len(aggs["tabAggregates"])}
+        assert requests.get(st.url + "/readyz", timeout=5).status_code == 503
+        worker = st.start_worker()
+        time.sleep(1.5)
+        cpu = psutil.Process(worker.pid)
+        before = sum(cpu.cpu_times()[:2])
+        time.sleep(2)
+        assert (sum(cpu.cpu_times()[:2]) - before) / 2 < 0.25  # waits, does not spin
+        assert worker.poll() is None
+        assert states(st).get("done", 0) == 0
+        server.start()
+        st.wait_drained(40)
+        all_processed(st)
+        assert worker.poll() is None
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- bounded growth
+
+def test_failed_list_is_capped(stack_factory):
+    st = stack_factory(retries=0, failed_keep=2, **FAST)
+    st.start_server()
+    token = st.token()
+    sync_ok(st, token, {"pageVisits": broken_visits(5)})
+    worker = st.start_worker(extra_env={"PAGESYNC_FAULT": "fail-record:broken"})
+    st.wait_drained(20)
+    wait_for(lambda: sum(states(st).values()) == states(st).get("failed", 0)
+             + states(st).get("discarded", 0), 20, "every job failed or discarded")
+    assert states(st) == {"failed": 2, "discarded": 3}
+    assert procs.stop(worker, timeout=20) == 0
+    kept = failed_list(st)
+    newest = st.conn().execute("SELECT record_id FROM jobs WHERE state IN ('failed', 'discarded') "
+                               "ORDER BY finished_at DESC LIMIT 2").fetchall()
+    assert sorted(f["record_id"] for f in kept) == sorted(r[0] for r in newest)
+    # a lower cap takes effect when a worker starts (its supervisor prunes at once)
+    st.start_worker(extra_env={"PAGESYNC_FAILED_KEEP": "1"})
+    wait_for(lambda: states(st) == {"failed": 1, "discarded": 4}, 15, "the failed list cut to 1")
+    assert [f["record_id"] for f in failed_list(st)] == [newest[0][0]]

@@ -1,0 +1,304 @@
+"""Issue 7: one test per validation rule of SPEC section 1 (payload.py is pure: no server)."""
+import gzip
+import json
+import zlib
+
+import pytest
+
+from pagesync import payload as P
+
+NOW = 1_764_600_000_000  # 2025-12-01T14:40Z
+T0 = 1_764_547_200_000
+
+
+def visit(**fields):
+    base = {"id": "pv_1", "url": "https://example.org/a", "startedAt": T0, "duration": 60_000}
+    return {**base, **fields}
+
+
+def api_visit(**fields):
+    base = {"id": "v1", "url": "https://example.org/a", "visited_at": "2025-12-01T09:15:00Z",
+            "duration_seconds": 60}
+    return {**base, **fields}
+
+
+def aggregate(**fields):
+    return {"tabId": 7, "startTime": T0, "lastActiveTime": T0 + 60_000, **fields}
+
+
+def parse_visits(*visits, **kw):
+    return P.parse_batch({"pageVisits": list(visits)}, NOW, **kw)
+
+
+def errors_of(batch, index=0):
+    rejected = [r for r in batch.rejected if r["index"] == index]
+    return {e["field"]: e["message"] for r in rejected for e in r["errors"]}
+
+
+def warnings_of(batch):
+    return {w["field"]: w["message"] for w in batch.warnings}
+
+
+def test_valid_record_is_kept_and_reports_nothing():
+    batch = parse_visits(visit())
+    assert [v["id"] for v in batch.visits] == ["pv_1"]
+    assert batch.rejected == [] and batch.warnings == []
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"id": None}, "id", "missing"),
+    ({"url": None}, "url", "missing"),
+    ({"url": "   "}, "url", "missing"),
+    ({"url": "ftp://example.org/file"}, "url", "http or https"),
+    ({"url": "javascript:alert(1)"}, "url", "http or https"),
+    ({"url": "https://example.org/" + "a" * 2100}, "url", "longer than 2048"),
+    ({"url": "http://[::1/"}, "url", "cannot be parsed"),
+    ({"url": "https:///nohost"}, "url", "no valid host"),
+    ({"startedAt": None}, "startedAt", "missing"),
+    ({"startedAt": "yesterday"}, "startedAt", "cannot be parsed"),
+    ({"duration": -1}, "duration", "negative"),
+    ({"duration": "long"}, "duration", "must be a number"),
+    ({"activeDuration": -5}, "activeDuration", "negative"),
+    ({"engagementRate": 1.5}, "engagementRate", "between 0 and 1"),
+    ({"engagementRate": "high"}, "engagementRate", "between 0 and 1"),
+    ({"categoryConfidence": -0.1}, "categoryConfidence", "between 0 and 1"),
+    ({"category": "cooking"}, "category", "not a known category"),
+    ({"startedAt": 946_684_799_999}, "startedAt", "before 2000-01-01"),
+    ({"startedAt": NOW + 2 * P.DAY_MS}, "startedAt", "more than a day in the future"),
+    ({"endedAt": T0 - 1}, "endedAt", "before the visit's start"),
+    ({"metadata": [1, 2]}, "metadata", "must be an object"),
+])
+def test_extension_visit_errors_reject_the_record(fields, field, words):
+    batch = parse_visits(visit(), visit(**{"id": "pv_bad", **fields}))
+    assert [v["id"] for v in batch.visits] == ["pv_1"]
+    assert batch.rejected[0]["index"] == 1
+    assert words in errors_of(batch, 1)[field]
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"visited_at": "not a time"}, "visited_at", "cannot be parsed"),
+    ({"visited_at": None}, "visited_at", "missing"),
+    ({"duration_seconds": -3}, "duration_seconds", "negative"),
+    ({"active_duration_seconds": "x"}, "active_duration_seconds", "must be a number"),
+    ({"engagement_rate": 2}, "engagement_rate", "between 0 and 1"),
+    ({"category_confidence": 7}, "category_confidence", "between 0 and 1"),
+    ({"category": "games"}, "category", "not a known category"),
+    ({"visited_at": "1999-12-31T23:59:59Z"}, "visited_at", "before 2000-01-01"),
+])
+def test_api_visit_errors_reject_the_record(fields, field, words):
+    batch = parse_visits(api_visit(), api_visit(**{"id": "v_bad", **fields}))
+    assert [v["id"] for v in batch.visits] == ["v1"]
+    assert words in errors_of(batch, 1)[field]
+
+
+def test_seconds_where_milliseconds_belong_says_so():
+    batch = parse_visits(visit(startedAt=T0 // 1000))
+    message = errors_of(batch)["startedAt"]
+    assert "before 2000-01-01" in message
+    assert "looks like seconds where milliseconds belong" in message
+    # a plainly old time gets no such hint
+    assert "seconds" not in errors_of(parse_visits(visit(startedAt=5)))["startedAt"]
+
+
+def test_warnings_keep_the_record():
+    batch = parse_visits(visit(title="t" * 600, domain="d" * 300 + ".com",
+                               duration=25 * 3600 * 1000, categoryMethod="astrology"))
+    assert len(batch.visits) == 1 and batch.rejected == []
+    warned = warnings_of(batch)
+    assert "truncated" in warned["title"]
+    assert "longer than 253" in warned["domain"]
+    assert "over 24 hours" in warned["duration"]
+    assert "not a known category method" in warned["categoryMethod"]
+    assert len(batch.visits[0]["title"]) == 500
+    assert batch.warnings[0]["index"] == 0 and batch.warnings[0]["id"] == "pv_1"
+
+
+def test_titles_are_trimmed_and_lose_control_characters():
+    batch = parse_visits(visit(title="  A\x00 title\u200b with\x07 bells\n "))
+    assert batch.visits[0]["title"] == "A title with bells"
+
+
+def test_domains_are_lowercased_and_lose_www():
+    rec = parse_visits(visit(domain="WWW.Example.ORG")).visits[0]
+    assert rec["domain"] == "example.org"
+    rec = parse_visits(api_visit(domain="www.Example.org")).visits[0]
+    assert rec["domain"] == "example.org"
+    assert parse_visits(visit(domain="wwwexample.org")).visits[0]["domain"] == "wwwexample.org"
+
+
+def test_tracking_parameters_are_stripped_and_the_rest_kept_byte_for_byte():
+    url = "https://ex.org/p%20a|t^h[1]?b=2&utm_source=x&UTM_Medium=y&fbclid=1&gclid=2&msclkid=3" \
+          "&mc_eid=4&_ga=5&a=%2F&c#frag?utm_x=1"
+    assert parse_visits(visit(url=url)).visits[0]["url"] == \
+        "https://ex.org/p%20a|t^h[1]?b=2&a=%2F&c#frag?utm_x=1"
+    assert P.strip_tracking("https://ex.org/?utm_source=x") == "https://ex.org/"
+    assert P.strip_tracking("https://ex.org/?utm_source=x#f") == "https://ex.org/#f"
+    same = "https://ex.org/a?x=1&&y=%zz&ga=1&utmsource=2"
+    assert P.strip_tracking(same) == same
+
+
+@pytest.mark.parametrize("url", [
+    "https://example.org/search?q=a|b",
+    "https://example.org/x^y",
+    "https://example.org/list?ids[]=1&ids[]=2",
+    "https://例え.jp/パス?検索=東京",
+    "https://example.org/ü?q=ñ",
+])
+def test_urls_browsers_really_produce_are_accepted(url):
+    batch = parse_visits(visit(url=url))
+    assert batch.rejected == [], batch.rejected
+    assert batch.visits[0]["url"] == url
+
+
+def test_metadata_is_sanitised():
+    meta = {"__proto__": {"polluted": True}, "constructor": 1, "prototype": 2,
+            "nested": {"__proto__": 3, "keep": "k" * 2500}, "list": [{"prototype": 1, "x": "y"}]}
+    rec = parse_visits(visit(metadata=meta)).visits[0]
+    assert rec["metadata"] == {"nested": {"keep": "k" * 2000}, "list": [{"x": "y"}]}
+
+
+def test_metadata_over_50_kb_rejects_the_record():
+    batch = parse_visits(visit(metadata={"blob": "x" * (50 * 1024)}))
+    assert batch.visits == []
+    assert "over the limit of 51200" in errors_of(batch)["metadata"]
+    fits = parse_visits(visit(metadata={"blob": "x" * (50 * 1024 - 20)}))
+    assert len(fits.visits) == 1
+
+
+def test_metadata_limits_come_from_the_limits_object():
+    limits = P.Limits(max_metadata_bytes=100, max_meta_string=5)
+    batch = parse_visits(visit(metadata={"a": "x" * 200}), visit(id="pv_2", metadata={"a": "abcdefgh"}),
+                         limits=limits)
+    assert "over the limit of 100" in errors_of(batch, 0)["metadata"]
+    assert batch.visits[0]["metadata"] == {"a": "abcde"}
+
+
+def test_aggregate_closed_before_open_is_rejected():
+    batch = P.parse_batch({"tabAggregates": [aggregate(closedAt=T0 - 1000), aggregate(tabId=8)]}, NOW)
+    assert [a["id"] for a in batch.aggregates] == [f"tab_{T0}_8"]
+    assert "before the tab's startTime" in errors_of(batch)["closedAt"]
+
+
+def test_aggregate_span_over_a_year_is_rejected():
+    batch = P.parse_batch({"tabAggregates": [aggregate(startTime=NOW - 400 * P.DAY_MS,
+                                                       lastActiveTime=NOW)]}, NOW)
+    assert "more than a year" in errors_of(batch)["lastActiveTime"]
+    api = P.parse_batch({"tabAggregates": [{"id": "a1", "total_time_seconds": 400 * 86400}]}, NOW)
+    assert "more than a year" in errors_of(api)["total_time_seconds"]
+
+
+def test_aggregate_without_tab_id_is_rejected_and_ids_are_stable():
+    batch = P.parse_batch({"tabAggregates": [{"startTime": T0}, aggregate(), aggregate()]}, NOW)
+    assert "tabId" in errors_of(batch)
+    assert [a["id"] for a in batch.aggregates] == [f"tab_{T0}_7"]  # the same tab twice: merged
+
+
+@pytest.mark.parametrize("depth, ok", [(0, True), (100, True), (100.5, False), (-1, False), ("50", False)])
+def test_api_aggregate_scroll_depth_is_0_to_100(depth, ok):
+    batch = P.parse_batch({"tabAggregates": [{"id": "a1", "scroll_depth_percent": depth}]}, NOW)
+    assert (len(batch.aggregates) == 1) is ok
+    if not ok:
+        assert "scroll_depth_percent" in errors_of(batch)
+
+
+@pytest.mark.parametrize("body, words", [
+    ([], "must be a JSON object"),
+    ("text", "must be a JSON object"),
+    ({"pageVisits": {}}, "pageVisits must be an array"),
+    ({"tabAggregates": "x"}, "tabAggregates must be an array"),
+    ({"pageVisits": [visit()] * 600, "tabAggregates": [aggregate()] * 401}, "Too many records: 1001"),
+])
+def test_malformed_batches_are_400(body, words):
+    with pytest.raises(P.PayloadError) as caught:
+        P.parse_batch(body, NOW)
+    assert caught.value.status == 400
+    assert words in caught.value.message
+
+
+def test_record_limit_comes_from_limits():
+    with pytest.raises(P.PayloadError, match="limit is 2"):
+        P.parse_batch({"pageVisits": [visit(id=str(i)) for i in range(3)]}, NOW,
+                      limits=P.Limits(max_records=2))
+    assert len(P.parse_batch({"pageVisits": [visit(id=str(i)) for i in range(1000)]}, NOW).visits) == 1000
+
+
+# ---------------------------------------------------------------- the request body
+
+def decode(raw: bytes, ctype="application/json", encoding=None, max_bytes=10_000, **kw):
+    return P.decode_body(raw, ctype, encoding, max_bytes, **kw)
+
+
+@pytest.mark.parametrize("raw, ctype, encoding, status, words", [
+    (b"{}", "text/plain", None, 415, "Content-Type must be application/json"),
+    (b"{}", None, None, 415, "got nothing"),
+    (b"{}", "application/json", "br", 415, "Content-Encoding br is not supported"),
+    (b"{not json", "application/json", None, 400, "not valid JSON"),
+    (b'{"a": NaN}', "application/json", None, 400, "NaN is not allowed"),
+    (b"\xff\xfe{}", "application/json", None, 400, "not valid UTF-8"),
+    (b"{}", "application/json", "gzip", 400, "not valid gzip"),
+    (gzip.compress(b"{}", mtime=0)[:-6], "application/json", "gzip", 400, "not valid gzip"),
+    (b"[" * 33 + b"]" * 33, "application/json", None, 400, "nested 33 levels deep"),
+    (b"[" * 100_000, "application/json", None, 400, "over the limit of 32"),
+    (b"x" * 10_001, "application/json", None, 413, "over the limit of 10000"),
+])
+def test_bad_bodies_get_a_clear_status(raw, ctype, encoding, status, words):
+    with pytest.raises(P.PayloadError) as caught:
+        decode(raw, ctype, encoding, max_bytes=200_000 if len(raw) != 10_001 else 10_000)
+    assert caught.value.status == status
+    assert words in caught.value.message
+
+
+def test_too_many_arrays_and_objects_is_413_before_parsing():
+    raw = b"[" + b"[]," * 3000 + b"[]]"
+    with pytest.raises(P.PayloadError) as caught:
+        decode(raw, limits=P.Limits(max_containers=3000))
+    assert caught.value.status == 413
+    assert "3002 arrays and objects, over the limit of 3000" in caught.value.message
+    assert len(decode(raw, limits=P.Limits(max_containers=3002))) == 3001
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    raw = json.dumps({"pageVisits": [], "anonymousClientId": "[[[[" * 50 + '\\"{{{' * 40}).encode()
+    assert decode(raw)["pageVisits"] == []
+    assert decode(b"[" * 32 + b"]" * 32, max_bytes=100)  # exactly the limit is fine
+
+
+def test_gzip_bodies_are_limited_after_decompression_in_bounded_memory():
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = bytes(1 << 20)
+    compressed = b"".join(bomb.compress(chunk) for _ in range(256)) + bomb.flush()  # 256 MB
+    assert len(compressed) < 400_000
+    with pytest.raises(P.PayloadError) as caught:
+        P.gunzip_limited(compressed, 1_000_000)
+    assert caught.value.status == 413
+    ok = gzip.compress(b'{"pageVisits": []}')
+    assert decode(ok, encoding="gzip") == {"pageVisits": []}
+    assert decode(ok, encoding="GZIP", max_bytes=100, max_decompressed=18) == {"pageVisits": []}
+    with pytest.raises(P.PayloadError, match="decompresses to over the limit of 17"):
+        decode(ok, encoding="gzip", max_decompressed=17)
+
+
+def test_multi_member_gzip_is_read_whole():
+    raw = gzip.compress(b'{"pageVisits": [') + gzip.compress(b"]}")
+    assert decode(raw, encoding="gzip") == {"pageVisits": []}
+
+
+def test_unpaired_surrogates_become_replacement_characters():
+    raw = b'{"pageVisits": [{"id": "pv_\\ud800", "url": "https://e.org/", "startedAt": %d, ' \
+          b'"title": "a\\udc00b \\ud83d\\ude00"}]}' % T0
+    batch = P.parse_batch(decode(raw), NOW)
+    rec = batch.visits[0]
+    assert rec["id"] == "pv_\ufffd"
+    assert rec["title"] == "a\ufffdb \U0001F600"
+    json.dumps(rec, ensure_ascii=False).encode("utf-8")  # storable
+
+
+def test_numbers_too_big_for_a_float_are_errors_not_crashes():
+    huge = 10 ** 400
+    batch = parse_visits(visit(startedAt=huge), visit(id="pv_2", duration=huge),
+                         visit(id="pv_3", engagementRate=huge), visit(id="pv_4", tabId=huge))
+    assert errors_of(batch, 0)["startedAt"] == "must be a finite number"
+    assert "finite" in errors_of(batch, 1)["duration"]
+    assert "between 0 and 1" in errors_of(batch, 2)["engagementRate"]
+    assert [v["id"] for v in batch.visits] == ["pv_4"]
+    assert "must be an integer" in warnings_of(batch)["tabId"]

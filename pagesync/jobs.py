@@ -95,11 +95,11 @@ class JobRunner:
         with store.transaction(conn):
             for task, user_id, record_id, _ in jobs:
                 row = store.load_record(conn, task, user_id, record_id)
-                if row is None:  # the record is gone: nothing to process
-                    jobstate.finish(conn, task, user_id, record_id, 1 << 30)
-                    continue
-                done = PROCESSORS[task](conn, row, self.settings.timezone)
-                jobstate.finish(conn, task, user_id, record_id, done)
+                # a record that is gone has nothing to process
+                done = (PROCESSORS[task](conn, row, self.settings.timezone)
+                        if row is not None else 1 << 30)
+                jobstate.finish(conn, task, user_id, record_id, done, record=False)
+            jobstate.record_events(conn, [job[0] for job in jobs], "done", time.time())
 
 
 def apply_fault(fault: str, task: str, record_id: str) -> None:

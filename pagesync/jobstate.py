@@ -84,15 +84,18 @@ def begin_many(conn, jobs: list, worker: str, max_attempts: int) -> list[str]:
     return out
 
 
-def finish(conn, task: str, user_id: int, record_id: str, processed_revision: int) -> None:
-    """Inside the processing transaction: done, unless a newer revision arrived meanwhile."""
+def finish(conn, task: str, user_id: int, record_id: str, processed_revision: int,
+           record: bool = True) -> None:
+    """Inside the processing transaction: done, unless a newer revision arrived meanwhile.
+    `record=False` leaves the 'done' event to the caller (record_events, for a batch)."""
     now = time.time()
     conn.execute(
         "UPDATE jobs SET done_revision = ?, finished_at = ?, error = NULL, traceback = NULL, "
         "state = CASE WHEN revision <= ? THEN 'done' ELSE state END "
         "WHERE task = ? AND user_id = ? AND record_id = ?",
         (processed_revision, now, processed_revision, task, user_id, record_id))
-    record_event(conn, task, "done", now)
+    if record:
+        record_event(conn, task, "done", now)
 
 
 def fail(conn, task: str, user_id: int, record_id: str, error: str, tb: str,
@@ -124,17 +127,19 @@ def record_event(conn, task: str, outcome: str, now: float) -> None:
     store.bump_counter(conn, f"jobs_{outcome}", 1)
 
 
+def record_events(conn, tasks: list, outcome: str, now: float) -> None:
+    """record_event for many finished attempts at once (one statement each)."""
+    conn.executemany("INSERT INTO job_events (ts, task, outcome) VALUES (?, ?, ?)",
+                     [(now, task, outcome) for task in tasks])
+    store.bump_counter(conn, f"jobs_{outcome}", len(tasks))
+
+
 def prune_failed(conn, keep: int) -> None:
     """The failed list is capped: the oldest beyond `keep` are discarded."""
     conn.execute(
         "UPDATE jobs SET state = 'discarded', traceback = NULL WHERE state = 'failed' AND "
         "(task, user_id, record_id) IN (SELECT task, user_id, record_id FROM jobs WHERE "
         "state = 'failed' ORDER BY finished_at DESC LIMIT -1 OFFSET ?)", (keep,))
-
-
-def prune_failed_now(conn, keep: int) -> None:
-    with transaction(conn):
-        prune_failed(conn, keep)
 
 
 def prune_events(conn, older_than: float = 3600.0) -> None:

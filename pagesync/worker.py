@@ -112,8 +112,6 @@ class Supervisor(BaseProcess):
         # opened here, in the thread or process that uses them: never shared across a fork
         self.conn = store.connect(self.settings.db, durable=False)
         self.queue = make_huey(self.settings)
-        # a lower cap on the failed list takes effect when a worker starts
-        store.with_retry(lambda: jobstate.prune_failed_now(self.conn, self.settings.failed_keep))
 
     def loop(self, now=None) -> None:
         try:
@@ -205,14 +203,15 @@ class GracefulProcessEnvironment(ProcessEnvironment):
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """A child of a worker killed with SIGKILL (or by the OOM killer) must not live on,
-    taking jobs under a dead worker's name: Linux kills it with its parent
-    (prctl PR_SET_PDEATHSIG); its jobs in flight are then found like any dead worker's."""
+    """Linux: this child gets SIGKILL when the consumer dies (kill -9, OOM killer) instead
+    of living on as an orphan that still takes jobs, and heartbeats under the dead worker's
+    name, so its jobs would never be handed to the next worker. Dead, its running jobs are
+    found by the reconciler like any dead worker's."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the heartbeat still tells
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: no such call
+        return
+    if os.getppid() != parent_pid:  # the consumer died before prctl took effect
         os._exit(1)
 
 

@@ -152,3 +152,23 @@ def test_processing_twice_changes_nothing(tmp_path):
                          (task, row[0], row[1]))
             runner.run(task, row[0], row[1], row[2])
     assert store.rollup_rows(conn) == before
+
+
+def test_a_row_that_drops_to_zero_disappears(tmp_path):
+    """A visit re-sent with a new url moves its figures; the old host's row goes away."""
+    s = Settings(db=str(tmp_path / "z.db"))
+    store.init_db(s.db)
+    conn = store.connect(s.db, durable=False)
+    store.create_token(conn, "u")
+    uid = store.user_id_by_name(conn, "u")
+    runner = JobRunner(s)
+    now = int(time.time() * 1000)
+    first = {"id": "pv_1", "url": "https://old.example/", "startedAt": T0, "duration": 5_000,
+             "lastHeartbeat": T0 + 5_000}
+    moved = dict(first, url="https://new.example/", duration=9_000, lastHeartbeat=T0 + 9_000)
+    for body in (first, moved):
+        saved = store.save_batch(conn, uid, payload.parse_batch({"pageVisits": [body]}, now))
+        for job in saved["jobs"]:
+            runner.run(*job)
+    assert {k[2] for k in store.rollup_rows(conn)} == {"new.example"}
+    assert stats.verify(conn, "UTC")["equal"]

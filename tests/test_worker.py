@@ -6,16 +6,19 @@ import json
 import os
 import signal
 import time
+import uuid
 
 import psutil
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as hst
 
-from pagesync import jobs, jobstate, queue, stats, store
+from pagesync import jobs, jobstate, payload, queue, stats, store
 from pagesync.config import Settings
 from pagesync.worker import BATCH_SECONDS, next_batch_size
 
 from .helpers import reference, row_count, wait_for
+from .test_rollups_exact import make_scenario
 
 FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
 
@@ -175,7 +178,6 @@ def stored_jobs(tmp_path, n: int, prefix: str = "pv") -> tuple:
     store.init_db(settings.db)
     conn = store.connect(settings.db)
     store.create_token(conn, "alice")
-    from pagesync import payload
     batch = payload.parse_batch(visits_body(n, prefix), int(time.time() * 1000))
     saved = store.save_batch(conn, 1, batch)
     return settings, conn, saved["jobs"]
@@ -272,3 +274,37 @@ def test_redis_bulk_enqueue_is_one_lpush_per_thousand(tmp_path, redis_server):
     assert [huey.deserialize_task(m).args for m in taken] == [(1, f"pv_{i}", 1) for i in range(100)]
     assert huey.pending_count() == 2400
     r.delete(huey.storage.queue_key)
+
+
+# ---------------------------------------------------------------- batches keep rollups exact
+
+@hyp_settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rng=hst.randoms(use_true_random=False), users=hst.integers(1, 3),
+       tz=hst.sampled_from(["UTC", "Europe/Paris"]))
+def test_batches_of_any_size_keep_rollups_exact(tmp_path, rng, users, tz):
+    """The random scenarios of test_rollups_exact (re-sends, stale sends, tab links), run
+    through run_many in batches of random sizes, with duplicate deliveries in a batch."""
+    s = Settings(db=str(tmp_path / f"b{uuid.uuid4().hex}.db"), timezone=tz)
+    store.init_db(s.db)
+    conn = store.connect(s.db, durable=False)
+    for u in range(users):
+        store.create_token(conn, f"u{u}")
+    ids = [store.user_id_by_name(conn, f"u{u}") for u in range(users)]
+    runner, outbox = jobs.JobRunner(s), []
+    for user, body in make_scenario(rng, users):
+        saved = store.save_batch(conn, ids[user], payload.parse_batch(body, int(time.time() * 1000)))
+        outbox += saved["jobs"]
+        if outbox and rng.random() < 0.5:  # the worker takes a batch meanwhile, duplicates too
+            rng.shuffle(outbox)
+            size = rng.randint(1, len(outbox))
+            batch, outbox = outbox[:size], outbox[size:]
+            assert runner.run_many(batch + rng.sample(batch, k=min(2, len(batch)))) == []
+    while outbox:
+        size = rng.randint(1, 40)
+        batch, outbox = outbox[:size], outbox[size:]
+        assert runner.run_many(batch) == []
+    states_ = {r[0] for r in conn.execute("SELECT DISTINCT state FROM jobs")}
+    assert states_ == {"done"}
+    check = stats.verify(conn, tz)
+    assert check["equal"], check["differences"]

@@ -326,10 +326,36 @@ def parse_visit(item: object, default_client: str | None, now_ms: int,
         rec["idle_periods"] = parse_idle_periods(item.get("idlePeriods"), r, limits)
         if rec["ended_at"] is not None and rec["started_at"] is not None and rec["ended_at"] < rec["started_at"]:
             r.error("endedAt", "is before the visit's start")
-    if rec["duration_ms"] is not None and rec["duration_ms"] > DAY_MS:
-        r.warn("duration", "is over 24 hours")
+    check_durations(rec, r, now_ms)
     rec["metadata"] = parse_metadata(item.get("metadata"), r, limits)
     return (None if r.errors else rec), r
+
+
+def check_durations(rec: dict, r: RecordErrors, now_ms: int) -> None:
+    """A visit cannot end more than a day in the future (a duration in the wrong unit
+    looks like this); over 24 hours is a warning; active time is capped at the duration."""
+    if rec["dialect"] == "api":
+        spans, active_name = [("duration_seconds", rec["duration_s"], 1000)], "active_duration_seconds"
+    else:
+        spans = [("durationSeconds", rec["duration_s"], 1000), ("duration", rec["duration_ms"], 1)]
+        active_name = "activeDuration"
+    warned = False
+    for fld, value, scale in spans:
+        if value is None or rec["started_at"] is None:
+            continue
+        if rec["started_at"] + value * scale > now_ms + DAY_MS:
+            unit = "seconds" if scale == 1000 else "milliseconds"
+            r.error(fld, f"{value} {unit} would end the visit more than a day in the future")
+            return
+        if value * scale > DAY_MS and not warned:
+            r.warn(fld, "is over 24 hours")
+            warned = True
+    total, active = rec["duration_ms"], rec["active_ms"]
+    if total is not None and active is not None and active > total:
+        r.warn(active_name, f"is larger than the duration ({active} > {total}); capped at the duration")
+        rec["active_ms"] = total
+        if rec["active_s"] is not None:
+            rec["active_s"] = rec["duration_s"]
 
 
 def parse_idle_periods(value, r: RecordErrors, limits: Limits = DEFAULT_LIMITS):
@@ -371,8 +397,11 @@ def parse_extension_aggregate(item: dict, r: RecordErrors, now_ms: int,
                               limits: Limits = DEFAULT_LIMITS) -> dict:
     rec = {"dialect": "extension"}
     tab = item.get("tabId")
-    if tab is None or isinstance(tab, bool) or not isinstance(tab, (int, str)) or str(tab).strip() == "":
+    if tab is None or (isinstance(tab, str) and not tab.strip()):
         r.error("tabId", "is missing: an aggregate's id is derived from startTime and tabId")
+        tab = None
+    elif isinstance(tab, bool) or not isinstance(tab, (int, str)) or (isinstance(tab, int) and abs(tab) > 2**53):
+        r.error("tabId", f"must be an integer (at most 2^53 in size) or a string, got {json_type(tab)}")
         tab = None
     start = parse_time(item.get("startTime"), "startTime", r, now_ms, required=True)
     rec["tab_id"] = tab if isinstance(tab, int) else (str(tab)[:64] if tab is not None else None)
@@ -611,8 +640,11 @@ def parse_amount(value, fld: str, r: RecordErrors):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         r.error(fld, f"must be a number, got {json_type(value)}")
         return None
-    if not is_finite(value) or value > 1e15:
+    if not is_finite(value):
         r.error(fld, "must be a finite number")
+        return None
+    if value > 1e15:
+        r.error(fld, f"is too large ({value:.3g}; at most 1e15)")
         return None
     if value < 0:
         r.error(fld, f"must not be negative, got {value}")

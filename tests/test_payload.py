@@ -8,6 +8,7 @@ import pytest
 from pagesync import payload as P
 
 NOW = 1_764_600_000_000  # 2025-12-01T14:40Z
+T = 1_764_547_200_000  # 2025-12-01T00:00Z
 T0 = 1_764_547_200_000
 
 
@@ -302,3 +303,37 @@ def test_numbers_too_big_for_a_float_are_errors_not_crashes():
     assert "between 0 and 1" in errors_of(batch, 2)["engagementRate"]
     assert [v["id"] for v in batch.visits] == ["pv_4"]
     assert "must be an integer" in warnings_of(batch)["tabId"]
+
+
+# ---- found by a new user trying to break it
+
+
+def test_aggregate_tab_id_too_large_rejects_only_that_record():
+    good = {"tabId": 1, "startTime": T, "lastActiveTime": T + 1000, "domainDurations": {"a.com": 1000}}
+    for bad_tab in (9223372036854775808, -(2**63) - 1, 10**40, 1.5, True, [1]):
+        batch = P.parse_batch({"tabAggregates": [dict(good, tabId=bad_tab), good]}, NOW)
+        assert [a["tab_id"] for a in batch.aggregates] == [1]
+        assert batch.rejected[0]["errors"][0]["field"] == "tabId"
+        assert "integer" in batch.rejected[0]["errors"][0]["message"]
+
+
+def test_duration_ending_in_the_future_is_an_error():
+    base = {"id": "v", "url": "https://hs.com/", "startedAt": T}
+    batch = P.parse_batch({"pageVisits": [dict(base, durationSeconds=1764547200, duration=1000)]}, NOW)
+    assert batch.rejected[0]["errors"][0]["field"] == "durationSeconds"
+    assert "future" in batch.rejected[0]["errors"][0]["message"]
+    batch = P.parse_batch({"pageVisits": [dict(base, duration=2 * 86_400_000)]}, T + 3 * 86_400_000)
+    assert batch.visits and [w["field"] for w in batch.warnings] == ["duration"]
+
+
+def test_active_time_over_duration_is_capped_with_a_warning():
+    v = {"id": "v", "url": "https://hs.com/", "startedAt": T, "duration": 1000, "activeDuration": 99999999}
+    batch = P.parse_batch({"pageVisits": [v]}, NOW)
+    assert batch.visits[0]["active_ms"] == 1000
+    assert batch.warnings[0]["field"] == "activeDuration"
+
+
+def test_too_large_amount_says_so():
+    v = {"id": "v", "url": "https://hs.com/", "startedAt": T, "duration": 1e308}
+    msg = P.parse_batch({"pageVisits": [v]}, NOW).rejected[0]["errors"][0]["message"]
+    assert "too large" in msg

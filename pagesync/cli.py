@@ -37,7 +37,12 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def settings(db: str | None = None, queue: str | None = None, **more) -> Settings:
-    return Settings.from_env(db=db, queue=queue, **more)
+    """Flags over PAGESYNC_* over defaults; unusable settings end the command with a message."""
+    s = Settings.from_env(db=db, queue=queue, **more)
+    problems = s.problems()
+    if problems:
+        fail("; ".join(problems), 2)
+    return s
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -47,7 +52,11 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pagesync.jobs").setLevel(logging.WARNING if level == "INFO" else level)
 
 
-def conn_for(s: Settings):
+def conn_for(s: Settings, create: bool = True):
+    """A connection to the database; commands that only read it refuse a missing file
+    (a mistyped --db) instead of creating an empty one."""
+    if not create and not Path(s.db).is_file():
+        fail(f"no database at {s.db} (pass --db or set PAGESYNC_DB; `pagesync serve` creates it)")
     store.init_db(s.db)
     return store.connect(s.db)
 
@@ -87,7 +96,7 @@ def serve(
 
 @app.command()
 def worker(
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Concurrent workers.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Concurrent workers.", min=1)] = 2,
     kind: Annotated[str, typer.Option("--kind", help="thread or process.")] = "thread",
     db: Db = None, queue: Queue = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
@@ -121,7 +130,11 @@ def replay(
 
     if not token:
         fail("a token is needed: --token or PAGESYNC_TOKEN (create one with `pagesync token create NAME`)", 2)
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        fail(f"--url must be http(s)://HOST[:PORT], got {url!r}", 2)
     paths = expand_paths(files)
+    if not paths:
+        fail("no payload files found (*.json, *.jsonl, *.gz)", 2)
     try:
         reqs = R.plan(paths, batch_size)
     except (OSError, ValueError) as exc:
@@ -167,7 +180,7 @@ def watch(
     from .queue import make_huey
 
     s = settings(db, queue)
-    conn, huey = conn_for(s), make_huey(s)
+    conn, huey = conn_for(s, create=False), make_huey(s)
     if once:
         snap = snapshot(conn, huey, s.worker_heartbeat)
         if as_json:
@@ -200,21 +213,21 @@ def token_create(name: Annotated[str, typer.Argument(help="User the token belong
 @token_app.command("list")
 def token_list(db: Db = None, as_json: AsJson = False):
     """List tokens (prefixes only: tokens are stored hashed)."""
-    rows = store.list_tokens(conn_for(settings(db)))
+    rows = store.list_tokens(conn_for(settings(db), create=False))
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("user", "token", "created", "last used", "status")
+    table = Table("user", "token", "created", "status")
     for r in rows:
         table.add_row(r["name"], r["prefix"] + "…", fmt_time(r["created_at"]),
-                      fmt_time(r["last_used_at"]), "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]")
+                      "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]")
     console.print(table)
 
 
 @token_app.command("revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="User whose tokens to revoke.")], db: Db = None):
     """Revoke every token of NAME, effective at once."""
-    n = store.revoke_tokens(conn_for(settings(db)), name)
+    n = store.revoke_tokens(conn_for(settings(db), create=False), name)
     if not n:
         fail(f"no active token for {name!r}")
     console.print(f"Revoked {n} token(s) of {name}.")
@@ -230,7 +243,7 @@ def fmt_time(ts) -> str:
 def jobs_failed(db: Db = None, as_json: AsJson = False,
                 limit: Annotated[int, typer.Option(help="At most this many.")] = 100):
     """List failed jobs (the dead list) with their errors."""
-    rows = jobstate.failed_jobs(conn_for(settings(db)), limit)
+    rows = jobstate.failed_jobs(conn_for(settings(db), create=False), limit)
     if as_json:
         print(json.dumps(rows))
         return
@@ -261,7 +274,7 @@ def jobs_retry(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids 
     from .queue import deliver, make_huey
 
     s = settings(db, queue)
-    conn = conn_for(s)
+    conn = conn_for(s, create=False)
     try:
         jobs = jobstate.retry(conn, _ids_or_all(ids, all_))
     except (LookupError, ValueError) as exc:
@@ -280,7 +293,7 @@ def jobs_discard(ids: Annotated[Optional[list[str]], typer.Argument(help="Job id
                  db: Db = None, as_json: AsJson = False):
     """Drop failed jobs from the failed list (their records stay stored)."""
     try:
-        n = jobstate.discard(conn_for(settings(db)), _ids_or_all(ids, all_))
+        n = jobstate.discard(conn_for(settings(db), create=False), _ids_or_all(ids, all_))
     except (LookupError, ValueError) as exc:
         fail(str(exc))
     print(json.dumps({"discarded": n})) if as_json else console.print(f"Discarded {n} job(s).")
@@ -302,7 +315,7 @@ def stats(
     from . import stats as S
 
     s = settings(db)
-    conn = conn_for(s)
+    conn = conn_for(s, create=False)
     last = date or processing.day_of(int(time.time() * 1000), s.timezone)
     try:
         first, last = S.day_range(last, days)
@@ -337,8 +350,20 @@ def demo(
     raise typer.Exit(run_demo(payloads, workdir, timeout, console))
 
 
-def main():  # pragma: no cover - console script entry
-    app()
+def main():
+    """Console entry: expected failures (settings, database, files, network) end with one
+    line on stderr and exit 1, not a traceback."""
+    import sqlite3
+
+    from redis.exceptions import RedisError
+
+    from .config import SettingsError
+
+    try:
+        app(prog_name="pagesync")
+    except (SettingsError, sqlite3.Error, store.StorageBusy, RedisError, OSError) as exc:
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_PREFIX = "PAGESYNC_"
 
@@ -82,16 +84,53 @@ class Settings:
                       max_metadata_bytes=self.max_metadata_bytes,
                       max_meta_string=self.max_metadata_string)
 
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, in words a user can act on (empty: fine)."""
+        out = []
+        q = self.queue
+        if q != "sqlite" and not q.startswith("sqlite:///"):
+            parts = urlsplit(q)
+            if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+                out.append(f"queue {q!r} is not understood: use 'sqlite', sqlite:///FILE or "
+                           "redis://HOST:PORT/DB")
+            else:
+                try:
+                    parts.port
+                except ValueError:
+                    out.append(f"queue {q!r} has an invalid port")
+        try:
+            if self.timezone.upper() != "UTC":
+                ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            out.append(f"timezone {self.timezone!r} is unknown (use an IANA name like Europe/Paris)")
+        for name in ("max_body_bytes", "max_decompressed_bytes", "max_records", "max_json_depth",
+                     "max_json_containers", "max_metadata_bytes", "max_metadata_string",
+                     "worker_heartbeat", "reconcile_interval", "lost_after", "worker_batch"):
+            if getattr(self, name) <= 0:
+                out.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("rate_limit_per_minute", "rate_limit_burst", "retries", "retry_base_delay",
+                     "shutdown_timeout", "failed_keep", "events_keep", "workers_keep"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must not be negative, got {getattr(self, name)}")
+        return out
+
     def describe_queue(self) -> str:
         return self.queue if self.queue_kind == "redis" else f"sqlite:///{self.queue_path}"
 
 
+class SettingsError(ValueError):
+    """A setting that cannot be used: the message says which and why."""
+
+
 def _coerce(f, raw: str):
     kind = f.type if isinstance(f.type, str) else f.type.__name__
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
     if kind == "bool":
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw

@@ -20,8 +20,14 @@ def run_demo(payloads: Path, workdir: Path, timeout: float, console: Console) ->
     if not files:
         console.print(f"[red]no payload files in {payloads}[/]")
         return 2
+    marker = workdir / ".pagesync-demo"
+    if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
+        console.print(f"[red]{workdir} is not empty and is not a previous demo folder: "
+                      "choose another --workdir (the demo empties it)[/]")
+        return 2
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    marker.write_text("made by `pagesync demo`, which empties this folder on each run\n")
     settings = Settings.from_env(db=str(workdir / "pagesync.db"), queue="sqlite")
     store.init_db(settings.db)
     conn = store.connect(settings.db)

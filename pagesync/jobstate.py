@@ -167,7 +167,9 @@ def parse_job_id(value: str) -> tuple:
     user, _, record_id = rest.partition(":")
     task = {"visit": store.TASK_VISIT, "aggregate": store.TASK_AGGREGATE}.get(kind)
     if task is None or not user.isdigit() or not record_id:
-        raise ValueError(f"not a job id: {value!r} (expected visit:USER:RECORD or aggregate:USER:RECORD)")
+        raise ValueError(f"not a job id: {value!r} (expected visit:USER_ID:RECORD or "
+                         "aggregate:USER_ID:RECORD, USER_ID being the user's number, as in the "
+                         "id column of `pagesync jobs failed`)")
     return task, int(user), record_id
 
 

@@ -45,11 +45,14 @@ def load_payloads(path: Path) -> list[dict]:
     text = path.read_bytes()
     if path.suffix == ".gz":
         text = gzip.decompress(text)
-    text = text.decode("utf-8")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        text = text.decode("utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not JSON or JSON lines ({exc})") from None
     items = data if isinstance(data, list) else [data]
     for item in items:
         if not isinstance(item, dict):
@@ -85,6 +88,7 @@ class Sender:
         self.url = url.rstrip("/") + "/api/v1/data/sync"
         self.token, self.retries, self.timeout, self.gzip = token, retries, timeout, gzip_body
         self._local = threading.local()
+        self.unreachable = False
 
     @property
     def session(self) -> requests.Session:
@@ -99,12 +103,16 @@ class Sender:
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         if self.gzip:
             data, headers["Content-Encoding"] = gzip.compress(data), "gzip"
-        delay = 0.5
+        if self.unreachable:
+            return 0, None, "not sent: the server was unreachable"
+        delay, error = 0.5, ""
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.post(self.url, data=data, headers=headers, timeout=self.timeout)
             except requests.RequestException as exc:
                 error, wait = f"connection failed: {exc.__class__.__name__}", delay
+                if attempt == self.retries:  # the server stays away: send nothing more
+                    self.unreachable = True
             else:
                 body = _json(resp)
                 if resp.status_code not in (429, 503):

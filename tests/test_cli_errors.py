@@ -1,0 +1,50 @@
+"""CLI misuse ends with one clear line and a non-zero exit, never a traceback or data loss."""
+import subprocess
+import sys
+import time
+
+from .helpers import SAMPLES
+
+
+def run(*args, env=None, timeout=60):
+    import os
+    e = {k: v for k, v in os.environ.items() if not k.startswith("PAGESYNC_")}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pagesync", *args], capture_output=True, text=True,
+                          env=e, timeout=timeout)
+
+
+def test_bad_settings_are_refused_with_a_reason(tmp_path):
+    db = str(tmp_path / "p.db")
+    cases = [
+        (["serve", "--db", db, "--queue", "reddis://127.0.0.1:6379/0"], {}, "is not understood"),
+        (["worker", "--db", db], {"PAGESYNC_TIMEZONE": "Mars/Olympus"}, "timezone 'Mars/Olympus' is unknown"),
+        (["worker", "--db", db], {"PAGESYNC_RETRIES": "abc"}, "is not a number"),
+        (["serve", "--db", db], {"PAGESYNC_MAX_BODY_BYTES": "-1"}, "max_body_bytes must be positive"),
+        (["stats", "--db", str(tmp_path / "typo.db")], {}, "no database at"),
+        (["token", "create", "x", "--db", str(tmp_path)], {}, "unable to open database file"),
+    ]
+    for args, env, text in cases:
+        res = run(*args, env=env)
+        assert res.returncode in (1, 2), (args, res.returncode, res.stderr)
+        assert text in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    res = run("demo", "--workdir", str(tmp_path), "--payloads", str(SAMPLES))
+    assert res.returncode == 2
+    assert "not empty" in res.stdout
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_replay_stops_soon_when_the_server_is_unreachable():
+    start = time.monotonic()
+    res = run("replay", str(SAMPLES), "--url", "http://127.0.0.1:9", "--token", "x",
+              "--batch-size", "20", "--retries", "1", "--json")
+    assert res.returncode == 1
+    assert time.monotonic() - start < 20
+    assert "not sent: the server was unreachable" in res.stdout
+    assert run("replay", str(SAMPLES), "--url", "notaurl", "--token", "x").returncode == 2

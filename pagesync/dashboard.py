@@ -43,6 +43,14 @@ def is_loopback(addr: str | None) -> bool:
         return False
 
 
+def is_local_host_header(host: str) -> bool:
+    """The Host a loopback browser sends: a page of another site that re-pointed its own
+    name at 127.0.0.1 (DNS rebinding) sends that name instead, and gets no dev access."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    return name == "localhost" or is_loopback(name)
+
+
 def credentials_match(given: tuple | None, user: str, password: str) -> bool:
     """Constant-time comparison of (user, password) against the configured pair."""
     got_user, got_pw = given or ("", "")
@@ -105,7 +113,8 @@ class Dashboard:
     def authorize(self) -> str:
         """The signed-in user's name, or raise 401/403."""
         s = self.settings
-        if s.dev and is_loopback(bottle.request.environ.get("REMOTE_ADDR")):
+        if s.dev and is_loopback(bottle.request.environ.get("REMOTE_ADDR")) \
+                and is_local_host_header(bottle.request.get_header("Host", "")):
             return "dev"
         if not (s.dashboard_user and s.dashboard_password):
             raise deny(403, "The /jobs dashboard needs a login: set PAGESYNC_DASHBOARD_USER and "

@@ -136,6 +136,9 @@ def test_dev_mode_on_loopback_needs_no_login(stack_factory):
     # a forged X-Forwarded-For does not change who is asking
     assert requests.get(st.url + "/jobs/api/snapshot", headers={"X-Forwarded-For": "203.0.113.9"},
                         timeout=5).status_code == 200
+    # a page of another site re-pointing its name at 127.0.0.1 (DNS rebinding) gets no dev access
+    resp = requests.get(st.url + "/jobs/api/snapshot", headers={"Host": "evil.example"}, timeout=5)
+    assert resp.status_code in (401, 403)
 
 
 def test_actions_need_the_csrf_token_and_servers_agree_on_it(stack_factory):

@@ -32,9 +32,11 @@ def need(what: str, available: bool) -> None:
 
 
 def reference(name: str) -> dict:
+    """A real-extension reference payload: from shared/ beside the checkout when present,
+    else the copy kept in tests/reference_payloads/ (a clone anywhere still runs)."""
     path = REFERENCE / name
-    if not path.exists():  # the shared folder sits beside the checkout; fall back to samples
-        path = SAMPLES / name
+    if not path.exists():
+        path = Path(__file__).resolve().parent / "reference_payloads" / name
     return json.loads(path.read_text())
 
 

@@ -122,7 +122,7 @@ class Stack:
         for proc in self.workers:
             procs.stop(proc, timeout=20)
         if self.server is not None:
-            procs.stop(self.server, timeout=10)
+            procs.stop(self.server, timeout=30)  # several processes on a loaded machine
 
     def logs(self) -> str:
         out = []

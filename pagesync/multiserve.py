@@ -8,14 +8,17 @@ for each other inside (busy timeout), and only past that answer 503 with Retry-A
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 from . import procs, store
 from .config import Settings
+from .worker import die_with_parent
 
 log = logging.getLogger("pagesync.multiserve")
 
@@ -33,8 +36,8 @@ def run_many(settings: Settings, host: str, port: int, threads: int, processes: 
     env = procs.child_env(settings)
     stopping = threading.Event()
 
-    def start():
-        return subprocess.Popen(args, env=env)
+    def start():  # a child dies with this parent (kill -9 included): no orphan keeps the port
+        return subprocess.Popen(args, env=env, preexec_fn=partial(die_with_parent, os.getpid()))
 
     def on_signal(signum, frame):
         stopping.set()

@@ -190,21 +190,20 @@ def _select_failed(conn, ids: list | None) -> list:
     return out
 
 
-def retry(conn, ids: list | None) -> list:
-    """Failed jobs back to pending with fresh attempts; returns the jobs to enqueue."""
+def _move_failed(conn, ids: list | None, set_sql: str, extra: tuple = ()) -> list:
+    """Apply `UPDATE jobs SET <set_sql>` to the chosen failed jobs; returns them."""
     with transaction(conn):
         jobs = _select_failed(conn, ids)
-        conn.executemany(
-            "UPDATE jobs SET state = 'pending', attempts = 0, error = NULL, traceback = NULL, "
-            "created_at = ?, next_attempt_at = NULL WHERE task = ? AND user_id = ? AND record_id = ?",
-            [(time.time(), *job[:3]) for job in jobs])
+        conn.executemany(f"UPDATE jobs SET {set_sql} WHERE task = ? AND user_id = ? AND record_id = ?",
+                         [(*extra, *job[:3]) for job in jobs])
     return jobs
 
 
+def retry(conn, ids: list | None) -> list:
+    """Failed jobs back to pending with fresh attempts; returns the jobs to enqueue."""
+    return _move_failed(conn, ids, "state = 'pending', attempts = 0, error = NULL, traceback = NULL, "
+                        "created_at = ?, next_attempt_at = NULL", (time.time(),))
+
+
 def discard(conn, ids: list | None) -> int:
-    with transaction(conn):
-        jobs = _select_failed(conn, ids)
-        conn.executemany(
-            "UPDATE jobs SET state = 'discarded', traceback = NULL WHERE task = ? AND user_id = ? "
-            "AND record_id = ?", [job[:3] for job in jobs])
-    return len(jobs)
+    return len(_move_failed(conn, ids, "state = 'discarded', traceback = NULL"))

@@ -55,6 +55,15 @@ def both_payloads():
     return reference("extension_visits.json"), reference("extension_aggregates.json")
 
 
+def sync_both(st, token) -> int:
+    """Sync the reference visits, then their aggregates (as the extension does); returns
+    how many records that stored."""
+    visits, aggs = both_payloads()
+    sync_ok(st, token, visits)
+    sync_ok(st, token, aggs)
+    return len(visits["pageVisits"]) + len(aggs["tabAggregates"])
+
+
 def broken_visits(n: int, word: str = "broken") -> list:
     """Valid visits whose id contains `word` (the worker's fail/kill fault matches it)."""
     base = reference("extension_visits.json")["pageVisits"][0]
@@ -117,10 +126,7 @@ def test_worker_sigkilled_mid_jobs_restart_processes_everything_once(stack_facto
     st = stack_factory(queue_url, **FAST)
     st.start_server()
     token = st.token()
-    visits, aggs = both_payloads()
-    sync_ok(st, token, visits)
-    sync_ok(st, token, aggs)
-    total = len(visits["pageVisits"]) + len(aggs["tabAggregates"])
+    total = sync_both(st, token)
     worker = st.start_worker(extra_env={"PAGESYNC_FAULT": "slow-job:0.4"})
     wait_for(lambda: states(st).get("done", 0) >= 2 and states(st).get("running", 0) >= 1,
              30, "some jobs done and some running")
@@ -301,10 +307,7 @@ def test_signal_during_drain_exits_0_and_loses_nothing(stack_factory, sig, kind)
     st = stack_factory(shutdown_timeout=5, **FAST)
     st.start_server()
     token = st.token()
-    visits, aggs = both_payloads()
-    sync_ok(st, token, visits)
-    sync_ok(st, token, aggs)
-    total = len(visits["pageVisits"]) + len(aggs["tabAggregates"])
+    total = sync_both(st, token)
     worker = st.start_worker(kind=kind, extra_env={"PAGESYNC_FAULT": "slow-job:0.5"})
     wait_for(lambda: states(st).get("done", 0) >= 1 and states(st).get("running", 0) >= 1,
              30, "a drain in progress")

@@ -16,6 +16,8 @@ from itertools import accumulate
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
+import orjson
+
 CATEGORIES = frozenset(
     "work_coding work_code_review work_communication work_documentation learning_video "
     "learning_reading entertainment_video entertainment_browsing entertainment_short_form "
@@ -108,6 +110,42 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
         raw = gunzip_limited(raw, max_bytes if max_decompressed is None else max_decompressed)
     elif encoding not in ("identity", ""):
         raise PayloadError(415, f"Content-Encoding {encoding[:40]} is not supported (use gzip or none)")
+    check_containers(raw, limits)
+    value = fast_loads(raw)
+    if value is _SLOW:
+        return careful_loads(raw, limits)
+    depth = container_depth(value)
+    if depth > limits.max_depth:
+        raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
+                                f"{limits.max_depth}")
+    return value
+
+
+_SLOW = object()
+_DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digit -> "0", else " "
+_LONG_NUMBER = b"0" * 19
+
+
+def has_long_number(raw: bytes) -> bool:
+    """A run of 19+ digits anywhere (C-speed translate and substring search)."""
+    return _LONG_NUMBER in raw.translate(_DIGITS_ONLY)
+
+
+def fast_loads(raw: bytes):
+    """orjson's parse of the usual body, or _SLOW when the standard library must decide:
+    any parse error (its messages are the ones clients see), unpaired surrogates, and
+    integers of 19+ digits (orjson turns those past 64 bits into floats)."""
+    if has_long_number(raw):
+        return _SLOW
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _SLOW
+
+
+def careful_loads(raw: bytes, limits: Limits) -> object:
+    """The standard library's parse, after the exact structure check: the path of every
+    body orjson refused, so errors and edge cases read the same whatever the parser."""
     check_structure(raw, limits)
     try:
         text = raw.decode("utf-8")
@@ -120,6 +158,17 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
     except ValueError as exc:
         raise PayloadError(400, f"Body is not valid JSON: {exc}")
     return scrub_surrogates(value) if _SURROGATE_ESCAPE.search(raw) else value
+
+
+def container_depth(value) -> int:
+    """Depth of nested arrays/objects (0 for a scalar), level by level without recursion."""
+    level = [value] if type(value) in (dict, list) else []
+    depth = 0
+    while level:
+        depth += 1
+        level = [v for node in level for v in (node.values() if type(node) is dict else node)
+                 if type(v) is dict or type(v) is list]
+    return depth
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -152,6 +201,13 @@ def json_skeleton(raw: bytes) -> bytes:
 
 def skeleton_depth(skeleton: bytes) -> int:
     return max(accumulate(map(_STEP.__getitem__, skeleton)), default=0)
+
+
+def check_containers(raw: bytes, limits: Limits) -> None:
+    """The container limit before any parse. Counting brackets is a C-speed upper bound
+    (brackets inside strings count too); the exact count runs only when that is over."""
+    if raw.count(b"[") + raw.count(b"{") > limits.max_containers:
+        check_structure(raw, limits)
 
 
 def check_structure(raw: bytes, limits: Limits) -> None:
@@ -499,7 +555,14 @@ def parse_url(value, fld: str, r: RecordErrors, required: bool, lenient: bool = 
     return strip_tracking(value.strip())
 
 
+# An http(s) URL with a plain host (and port below 10000) and only printable ASCII after
+# it: urlsplit would accept it as it is, so the check below can skip the parse.
+_PLAIN_URL = re.compile(r"https?://[a-z0-9.-]+(?::[0-9]{1,4})?(?:[/?#][!-~]*)?", re.I)
+
+
 def url_problem(value) -> str | None:
+    if type(value) is str and len(value) <= MAX_URL and _PLAIN_URL.fullmatch(value):
+        return None
     if not isinstance(value, str):
         return f"must be a string, got {json_type(value)}"
     value = value.strip()
@@ -541,6 +604,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\ufeff]")
 
 
 def clean_text(value: str) -> str:
+    if value.isprintable():  # no control, format or line-separator character at all
+        return value.strip()
     value = value.replace("\t", " ").replace("\n", " ").replace("\r", " ")
     return _CONTROL.sub("", value).strip()
 
@@ -577,6 +642,8 @@ def parse_domain(value, fld: str, r: RecordErrors):
 
 def parse_time(value, fld: str, r: RecordErrors, now_ms: int, required: bool = False):
     """Epoch milliseconds (number) or ISO 8601 string -> epoch ms, range-checked."""
+    if type(value) is int and MIN_TIME_MS <= value <= now_ms + DAY_MS:
+        return value
     if value is None or value == "":
         if required:
             r.error(fld, "is missing")
@@ -635,6 +702,8 @@ def is_finite(value: int | float) -> bool:
 
 def parse_amount(value, fld: str, r: RecordErrors):
     """A non-negative number (duration, seconds, percent); None stays None."""
+    if type(value) is int and 0 <= value <= 1e15:
+        return value
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -653,6 +722,8 @@ def parse_amount(value, fld: str, r: RecordErrors):
 
 
 def parse_fraction(value, fld: str, r: RecordErrors):
+    if (type(value) is float or type(value) is int) and 0 <= value <= 1:
+        return value
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
@@ -722,6 +793,8 @@ def parse_metadata(value, r: RecordErrors, limits: Limits = DEFAULT_LIMITS):
     if not isinstance(value, dict):
         r.error("metadata", f"must be an object, got {json_type(value)}")
         return None
+    if plain_and_small(value, limits):
+        return value
     try:
         size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     except (RecursionError, ValueError):
@@ -741,6 +814,8 @@ def bounded_object(value, fld: str, r: RecordErrors, limits: Limits):
         if value is not None:
             r.warn(fld, f"must be an object, got {json_type(value)}; ignored")
         return None
+    if plain_and_small(value, limits):
+        return value
     try:
         size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     except (RecursionError, ValueError):
@@ -749,6 +824,22 @@ def bounded_object(value, fld: str, r: RecordErrors, limits: Limits):
         r.warn(fld, f"is over {limits.max_metadata_bytes} bytes or {limits.max_depth} levels; ignored")
         return None
     return sanitise_metadata(value, limits.max_meta_string)
+
+
+_FORBIDDEN_JSON = tuple(orjson.dumps(k) for k in FORBIDDEN_KEYS)
+
+
+def plain_and_small(value, limits: Limits) -> bool:
+    """True when a free-form object is within every limit and sanitising would not change
+    it, decided from one C-speed serialisation: JSON of at most max_meta_string bytes holds
+    no longer string, no more brackets than the depth limit, and no forbidden key."""
+    try:
+        text = orjson.dumps(value)
+    except TypeError:  # an integer past 64 bits, nesting past orjson's limit: the slow path
+        return False
+    return (len(text) <= min(limits.max_meta_string, limits.max_metadata_bytes)
+            and text.count(b"[") + text.count(b"{") <= limits.max_depth
+            and not any(key in text for key in _FORBIDDEN_JSON))
 
 
 def nesting_depth(value) -> int:

@@ -16,6 +16,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
+import orjson
 import sqlite_utils
 
 from . import payload as P
@@ -218,7 +219,11 @@ def user_id_by_name(conn, name: str) -> int | None:
 # ---------------------------------------------------------------- batch writes
 
 def canonical(rec: dict) -> str:
-    return json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """A record as compact JSON with sorted keys: what is stored, and what is hashed."""
+    try:
+        return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except TypeError:  # an integer past 64 bits (kept in metadata): the standard library
+        return json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def content_hash(text: str) -> str:

@@ -563,6 +563,11 @@ _PLAIN_URL = re.compile(r"https?://[a-z0-9.-]+(?::[0-9]{1,4})?(?:[/?#][!-~]*)?",
 def url_problem(value) -> str | None:
     if type(value) is str and len(value) <= MAX_URL and _PLAIN_URL.fullmatch(value):
         return None
+    return parsed_url_problem(value)
+
+
+def parsed_url_problem(value) -> str | None:
+    """What is wrong with a URL, found by parsing it (the general path)."""
     if not isinstance(value, str):
         return f"must be a string, got {json_type(value)}"
     value = value.strip()
@@ -604,8 +609,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\ufeff]")
 
 
 def clean_text(value: str) -> str:
-    if value.isprintable():  # no control, format or line-separator character at all
+    """Control, zero-width and line-separator characters dropped (tabs and newlines become
+    spaces), then stripped."""
+    if value.isprintable():  # none of those characters: nothing to drop
         return value.strip()
+    return strip_controls(value)
+
+
+def strip_controls(value: str) -> str:
     value = value.replace("\t", " ").replace("\n", " ").replace("\r", " ")
     return _CONTROL.sub("", value).strip()
 

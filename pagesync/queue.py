@@ -132,9 +132,10 @@ def scheduled_depth(huey) -> int:
         return -1
 
 
-def deliver(conn, huey, jobs: list, mode: str = "bulk") -> bool:
-    """Hand committed jobs to the queue and record that. On failure the jobs stay
-    'pending' in SQLite, and the reconciler delivers them later."""
+def deliver(conn, huey, jobs: list, mode: str = "bulk", write=None) -> bool:
+    """Hand committed jobs to the queue and record that (through `write(fn, *args)` when
+    given: the server's write lock). On failure the jobs stay 'pending' in SQLite, and the
+    reconciler delivers them later."""
     try:
         (enqueue_one_by_one if mode == "naive" else enqueue_jobs)(huey, jobs)
     except Exception as exc:  # one line, no traceback: it sits in the request path
@@ -142,10 +143,14 @@ def deliver(conn, huey, jobs: list, mode: str = "bulk") -> bool:
                     len(jobs), type(exc).__name__, exc)
         return False
     try:
-        store.mark_enqueued(conn, jobs)
+        (write or _call)(store.mark_enqueued, conn, jobs)
     except store.StorageBusy:
         log.warning("could not mark %d jobs queued (database busy); harmless", len(jobs))
     return True
+
+
+def _call(fn, *args):
+    return fn(*args)
 
 
 def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = None,

@@ -132,9 +132,12 @@ def with_retry(fn, timeout: float = 10.0):
 def transaction(conn: sqlite3.Connection, immediate: bool = True):
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error; busy past the timeout -> StorageBusy."""
     try:
-        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if immediate:
+            begin_immediate(conn)
+        else:
+            conn.execute("BEGIN")
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if is_busy(exc):
             raise StorageBusy(str(exc)) from exc
         raise
     try:
@@ -148,6 +151,31 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True):
         except sqlite3.OperationalError as exc:
             conn.execute("ROLLBACK")
             raise StorageBusy(str(exc)) from exc
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take the write lock, trying again every millisecond until the connection's busy
+    timeout. SQLite's own busy handler sleeps 1, 2, 5 ... up to 100 ms between tries, so
+    a writer could sleep long after the lock was free (other server or worker processes
+    hold it for a few milliseconds at a time)."""
+    timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
 
 
 class ConnectionPool:

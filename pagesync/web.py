@@ -122,6 +122,15 @@ class App:
                            headers={"Retry-After": int(wait) + 1})
         return user
 
+    def write(self, fn, *args):
+        """Run a write transaction holding the process's write lock."""
+        if not self.write_lock.acquire(timeout=5.0):
+            raise store.StorageBusy("writers queued for over 5 s")
+        try:
+            return fn(*args)
+        finally:
+            self.write_lock.release()
+
     def read_body(self) -> bytes:
         """The raw body, never more than the limit: a declared Content-Length over it is
         refused before reading (by `limit_body`), a chunked body as soon as it passes it.
@@ -162,15 +171,11 @@ class App:
                            [e for r in batch.rejected for e in r["errors"]][:100],
                            data={"page_visits_synced": 0, "tab_aggregates_synced": 0,
                                  "jobs_enqueued": 0, **report})
-        if not self.write_lock.acquire(timeout=5.0):
-            raise store.StorageBusy("writers queued for over 5 s")
-        try:
-            saved = store.save_batch(self.pool.get(), user["id"], batch, batch.client)
-        finally:
-            self.write_lock.release()
+        saved = self.write(store.save_batch, self.pool.get(), user["id"], batch, batch.client)
         if self.settings.fault == "exit-after-commit":
             os._exit(3)  # test-only: the server dies between commit and enqueue
-        deliver(self.light_pool.get(), self.huey, saved["jobs"], self.settings.enqueue_mode)
+        deliver(self.light_pool.get(), self.huey, saved["jobs"], self.settings.enqueue_mode,
+                write=self.write)
         nv, na = len(batch.visits), len(batch.aggregates)
         message = f"Synced {nv} page visits and {na} tab aggregates"
         if batch.rejected:

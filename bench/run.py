@@ -18,6 +18,7 @@ from . import report
 from .deploy import RedisServer
 from .drain import measure_drain
 from .e2e import measure_e2e
+from .enqueue import measure_enqueue
 from .ingest import measure_ingest
 from .plain_drain import measure_plain_drain
 from .report import Row
@@ -40,18 +41,34 @@ def ingest_rows(a) -> list[Row]:
     multi_naive = median(lambda: measure_ingest("naive", a.ingest_records,
                                                 server_args=["--processes", "2"]), a.runs)
     rate = "records/s"
+    single = Row("(a) ingest, 1 server process", fast["records_per_s"], naive["records_per_s"],
+                 rate, floor=">= 5x")
+    single.ok = single.ratio is not None and single.ratio >= 5
     return [
-        Row("(a) ingest, 1 server process",
-            fast["records_per_s"], naive["records_per_s"], rate),
+        single,
         Row("(a) ingest, `serve --processes 2`", multi["records_per_s"],
-            multi_naive["records_per_s"], rate, floor=">= 10,000/s, >= 5x",
-            ok=multi["records_per_s"] >= 10000 and
-            multi["records_per_s"] >= 5 * multi_naive["records_per_s"]),
+            multi_naive["records_per_s"], rate, floor=">= 10,000/s",
+            ok=multi["records_per_s"] >= 10000),
         Row("(a) ingest per server CPU-second",
             fast["records_per_cpu_s"], naive["records_per_cpu_s"], "records/CPU-s"),
         Row("(a) p50, 100-record batch", fast["p50_ms"], naive["p50_ms"], "ms", False),
         Row("(a) p99, 100-record batch", fast["p99_ms"], naive["p99_ms"], "ms", False),
+        *enqueue_rows(a),
     ]
+
+
+def enqueue_rows(a) -> list[Row]:
+    """The enqueue step alone (bench/enqueue.py), per job: what bulk enqueue changes."""
+    rows = []
+    redis = RedisServer(Path("/tmp"))
+    try:
+        for name, url in (("SQLite", "sqlite"), ("Redis", redis.url)):
+            bulk = median(lambda: {"v": measure_enqueue(url, "bulk")}, a.runs)["v"]
+            naive = median(lambda: {"v": measure_enqueue(url, "naive")}, a.runs)["v"]
+            rows.append(Row(f"(a) enqueue step alone, {name} queue", bulk, naive, "us/job", False))
+    finally:
+        redis.stop()
+    return rows
 
 
 def drain_rows(a) -> list[Row]:
@@ -95,6 +112,11 @@ NOTES = [
     "was fsynced (synchronous=FULL). Per server CPU-second: records stored per second of "
     "CPU the server's processes used, a figure that other load on the machine barely moves. "
     "Latency: 100-record batches sent one at a time.",
+    "(a) Enqueue step alone: per job, handing one stored 1000-record batch's jobs to the "
+    "queue and marking them queued (`queue.deliver`, in process, bench/enqueue.py), bulk "
+    "against one `huey.enqueue` and commit per job. It is the only step the naive mode "
+    "changes, so it bounds the whole-request ratio: parsing, validation and the fsynced "
+    "batch write cost the same in both modes.",
     "(b) Drain: `pagesync worker` (its defaults) against the plain consumer, same stored "
     "jobs, from the first job started to the last finished (bench/drain.py).",
     "(c) End to end: `pagesync replay --concurrency 2` of one file of extension batches, "
@@ -114,7 +136,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-readme", action="store_true", help="do not write README.md")
     ap.add_argument("--only", choices=("ingest", "drain", "e2e"), action="append")
     a = ap.parse_args(argv)
-    a.ingest_records, a.drain_jobs, a.e2e_records = 10000, 2000, 50000
+    a.ingest_records, a.drain_jobs, a.e2e_records = 30000, 2000, 50000
     a.baseline_timeout = 240.0
     if a.quick:
         a.runs, a.ingest_records, a.drain_jobs, a.e2e_records = 1, 4000, 1000, 5000

@@ -38,6 +38,7 @@ class Settings:
     failed_keep: int = 10000  # failed jobs kept; the oldest beyond are discarded
     events_keep: float = 3600.0  # seconds of job events (throughput history) kept
     workers_keep: float = 3600.0  # seconds a worker that stopped beating stays listed
+    syncs_keep: float = 30 * 86400.0  # seconds the log of sync requests (table syncs) is kept
     dashboard_user: str = ""
     dashboard_password: str = ""
     secret: str = ""
@@ -109,7 +110,8 @@ class Settings:
             if getattr(self, name) <= 0:
                 out.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("rate_limit_per_minute", "rate_limit_burst", "retries", "retry_base_delay",
-                     "shutdown_timeout", "failed_keep", "events_keep", "workers_keep"):
+                     "shutdown_timeout", "failed_keep", "events_keep", "workers_keep",
+                     "syncs_keep"):
             if getattr(self, name) < 0:
                 out.append(f"{name} must not be negative, got {getattr(self, name)}")
         return out

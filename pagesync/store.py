@@ -341,6 +341,13 @@ def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
     return {"sync_id": sync_id, "jobs": jobs}
 
 
+def prune_syncs(conn, older_than: float) -> int:
+    """Forget the log rows of sync requests received more than `older_than` s ago."""
+    with transaction(conn):
+        return conn.execute("DELETE FROM syncs WHERE received_at < ?",
+                            (time.time() - older_than,)).rowcount
+
+
 def _int_or_none(value):
     return value if isinstance(value, int) else None
 

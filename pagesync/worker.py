@@ -145,10 +145,12 @@ def beat(conn, settings: Settings, name: str, pid: int, workers: int, kind: str,
 
 
 def prune(conn, settings: Settings) -> None:
-    """Keep what would grow without bound bounded: job events past events_keep, and the
-    failed list past failed_keep (jobs that exhaust their attempts by killing their
-    worker reach it without the pruning a raised error gets)."""
+    """Keep what would grow without bound bounded: job events past events_keep, the log
+    of sync requests past syncs_keep, and the failed list past failed_keep (jobs that
+    exhaust their attempts by killing their worker reach it without the pruning a raised
+    error gets)."""
     jobstate.prune_events(conn, settings.events_keep)
+    store.prune_syncs(conn, settings.syncs_keep)
     with store.transaction(conn):
         jobstate.prune_failed(conn, settings.failed_keep)
 

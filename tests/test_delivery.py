@@ -429,3 +429,16 @@ def test_failed_list_is_capped(stack_factory):
     st.start_worker(extra_env={"PAGESYNC_FAILED_KEEP": "1"})
     wait_for(lambda: states(st) == {"failed": 1, "discarded": 4}, 15, "the failed list cut to 1")
     assert [f["record_id"] for f in failed_list(st)] == [newest[0][0]]
+
+
+def test_the_log_of_syncs_is_pruned_when_a_worker_starts(stack_factory):
+    st = stack_factory(**FAST)
+    st.start_server()
+    token = st.token()
+    first = sync_ok(st, token, both_payloads()[0])["sync_id"]
+    time.sleep(1.5)
+    second = sync_ok(st, token, {"pageVisits": broken_visits(1)})["sync_id"]
+    ids = lambda: [r[0] for r in st.conn().execute("SELECT id FROM syncs ORDER BY received_at")]
+    assert ids() == [first, second]
+    st.start_worker(extra_env={"PAGESYNC_SYNCS_KEEP": "1"})  # keep the last second only
+    wait_for(lambda: ids() == [second], 15, "the older sync pruned")

@@ -79,7 +79,7 @@ class Settings:
         return str(p.with_name(p.stem + "-queue" + (p.suffix or ".db")))
 
     def payload_limits(self):
-        from .payload import Limits
+        from .body import Limits
         return Limits(max_records=self.max_records, max_depth=self.max_json_depth,
                       max_containers=self.max_json_containers,
                       max_metadata_bytes=self.max_metadata_bytes,

@@ -1,22 +1,20 @@
 """Parse, validate and sanitise sync payloads (both record dialects). Pure: data in, data out.
 
-`decode_body` turns raw request bytes into a JSON value (or a PayloadError with the HTTP
-status to answer); `parse_batch` turns that value into canonical records plus a report of
-rejected records and warnings. Canonical records use epoch milliseconds for every time.
+`parse_batch` turns a decoded JSON body (see body.py) into canonical records plus a report
+of rejected records and warnings. Canonical records use epoch milliseconds for every time.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import re
-import zlib
 from dataclasses import dataclass, field
-from itertools import accumulate
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import orjson
+
+from .body import DEFAULT_LIMITS, MAX_META_STRING, Limits, PayloadError
 
 CATEGORIES = frozenset(
     "work_coding work_code_review work_communication work_documentation learning_video "
@@ -37,33 +35,6 @@ MAX_URL = 2048
 MAX_TITLE = 500
 MAX_DOMAIN = 253
 MAX_ID = 256
-MAX_METADATA_BYTES = 50 * 1024
-MAX_META_STRING = 2000
-MAX_DEPTH = 32
-MAX_CONTAINERS = 200_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The configurable limits of one request (Settings carries the deployment's values)."""
-    max_records: int = 1000
-    max_depth: int = MAX_DEPTH
-    max_containers: int = MAX_CONTAINERS
-    max_metadata_bytes: int = MAX_METADATA_BYTES
-    max_meta_string: int = MAX_META_STRING
-
-
-DEFAULT_LIMITS = Limits()
-
-
-class PayloadError(Exception):
-    """The whole request is refused: `status` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str, errors: list | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors or []
 
 
 @dataclass
@@ -91,167 +62,6 @@ class RecordErrors:
 
     def warn(self, fld: str, message: str) -> None:
         self.warnings.append({"field": fld, "message": message})
-
-
-# ---------------------------------------------------------------- request body
-
-def decode_body(raw: bytes, content_type: str | None, content_encoding: str | None,
-                max_bytes: int, limits: Limits = DEFAULT_LIMITS,
-                max_decompressed: int | None = None) -> object:
-    """Bytes of a request body -> JSON value. Raises PayloadError (400/413/415).
-    `max_bytes` bounds the body as sent, `max_decompressed` (default: the same) after gzip."""
-    mime = (content_type or "").split(";")[0].strip().lower()
-    if mime != "application/json" and not mime.endswith("+json"):
-        raise PayloadError(415, f"Content-Type must be application/json, got {mime[:80] or 'nothing'}")
-    if len(raw) > max_bytes:
-        raise PayloadError(413, f"Body is {len(raw)} bytes, over the limit of {max_bytes}")
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "gzip":
-        raw = gunzip_limited(raw, max_bytes if max_decompressed is None else max_decompressed)
-    elif encoding not in ("identity", ""):
-        raise PayloadError(415, f"Content-Encoding {encoding[:40]} is not supported (use gzip or none)")
-    check_containers(raw, limits)
-    value = fast_loads(raw)
-    if value is _SLOW:
-        return careful_loads(raw, limits)
-    depth = container_depth(value)
-    if depth > limits.max_depth:
-        raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
-                                f"{limits.max_depth}")
-    return value
-
-
-_SLOW = object()
-_DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digit -> "0", else " "
-_LONG_NUMBER = b"0" * 19
-
-
-def has_long_number(raw: bytes) -> bool:
-    """A run of 19+ digits anywhere (C-speed translate and substring search)."""
-    return _LONG_NUMBER in raw.translate(_DIGITS_ONLY)
-
-
-def fast_loads(raw: bytes):
-    """orjson's parse of the usual body, or _SLOW when the standard library must decide:
-    any parse error (its messages are the ones clients see), unpaired surrogates, and
-    integers of 19+ digits (orjson turns those past 64 bits into floats)."""
-    if has_long_number(raw):
-        return _SLOW
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _SLOW
-
-
-def careful_loads(raw: bytes, limits: Limits) -> object:
-    """The standard library's parse, after the exact structure check: the path of every
-    body orjson refused, so errors and edge cases read the same whatever the parser."""
-    check_structure(raw, limits)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PayloadError(400, f"Body is not valid UTF-8: {exc.reason} at byte {exc.start}")
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise PayloadError(400, "Body is not valid JSON: nested too deeply")
-    except ValueError as exc:
-        raise PayloadError(400, f"Body is not valid JSON: {exc}")
-    return scrub_surrogates(value) if _SURROGATE_ESCAPE.search(raw) else value
-
-
-def container_depth(value) -> int:
-    """Depth of nested arrays/objects (0 for a scalar), level by level without recursion."""
-    level = [value] if type(value) in (dict, list) else []
-    depth = 0
-    while level:
-        depth += 1
-        level = [v for node in level for v in (node.values() if type(node) is dict else node)
-                 if type(v) is dict or type(v) is list]
-    return depth
-
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def scrub_surrogates(value):
-    """Replace unpaired UTF-16 surrogates (legal as JSON escapes, not storable as UTF-8)
-    with U+FFFD, in keys and values."""
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [scrub_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
-    return value
-
-
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = [0] * 256
-_STEP[ord("[")] = _STEP[ord("{")] = 1
-_STEP[ord("]")] = _STEP[ord("}")] = -1
-
-
-def json_skeleton(raw: bytes) -> bytes:
-    """Only the brackets of a JSON text, strings cut out first (all C-speed steps)."""
-    return _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
-
-
-def skeleton_depth(skeleton: bytes) -> int:
-    return max(accumulate(map(_STEP.__getitem__, skeleton)), default=0)
-
-
-def check_containers(raw: bytes, limits: Limits) -> None:
-    """The container limit before any parse. Counting brackets is a C-speed upper bound
-    (brackets inside strings count too); the exact count runs only when that is over."""
-    if raw.count(b"[") + raw.count(b"{") > limits.max_containers:
-        check_structure(raw, limits)
-
-
-def check_structure(raw: bytes, limits: Limits) -> None:
-    """Refuse a body too deep (400) or with too many arrays/objects (413) before json.loads
-    spends time and memory on it."""
-    skeleton = json_skeleton(raw)
-    containers = skeleton.count(b"[") + skeleton.count(b"{")
-    if containers > limits.max_containers:
-        raise PayloadError(413, f"Body holds {containers} arrays and objects, over the limit of "
-                                f"{limits.max_containers}")
-    depth = skeleton_depth(skeleton)
-    if depth > limits.max_depth:
-        raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
-                                f"{limits.max_depth}")
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
-def gunzip_limited(raw: bytes, max_bytes: int) -> bytes:
-    """Decompress gzip (every member of a multi-member stream), refusing (413) as soon as
-    the output passes max_bytes: memory stays bounded by the limit, whatever the ratio."""
-    out = bytearray()
-    while True:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out += d.decompress(raw, max_bytes + 1 - len(out))
-            if len(out) > max_bytes or d.unconsumed_tail:
-                raise PayloadError(413, f"Body decompresses to over the limit of {max_bytes} bytes")
-            out += d.flush()
-        except zlib.error as exc:
-            raise PayloadError(400, f"Body is not valid gzip: {exc}")
-        if not d.eof:
-            raise PayloadError(400, "Body is not valid gzip: truncated stream")
-        if len(out) > max_bytes:
-            raise PayloadError(413, f"Body decompresses to over the limit of {max_bytes} bytes")
-        raw = d.unused_data
-        if not raw.strip(b"\0"):
-            return bytes(out)
-
-
-def gzip_bytes(raw: bytes) -> bytes:
-    return gzip.compress(raw, compresslevel=5)
 
 
 # ---------------------------------------------------------------- batch

@@ -15,6 +15,7 @@ from importlib import resources
 import bottle
 
 from . import dashboard, metrics, payload, processing, stats, store
+from .body import PayloadError, decode_body
 from .config import Settings
 from .queue import deliver, make_huey, queue_depth
 
@@ -158,11 +159,11 @@ class App:
         req = bottle.request
         try:
             limits = self.settings.payload_limits()
-            body = payload.decode_body(raw, req.content_type, req.get_header("Content-Encoding"),
-                                       self.settings.max_body_bytes, limits,
-                                       self.settings.max_decompressed_bytes)
+            body = decode_body(raw, req.content_type, req.get_header("Content-Encoding"),
+                               self.settings.max_body_bytes, limits,
+                               self.settings.max_decompressed_bytes)
             batch = payload.parse_batch(body, int(time.time() * 1000), limits=limits)
-        except payload.PayloadError as exc:
+        except PayloadError as exc:
             raise ApiError(exc.status, exc.message, exc.errors)
         report = {"rejected_records_count": len(batch.rejected), "rejected": batch.rejected,
                   "warnings": batch.warnings}

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pagesync import body as B
 from pagesync import payload as P
 from pagesync import store
 from .test_payload_properties import PROPS, json_values, json_values_with_surrogates
@@ -17,16 +18,16 @@ def outcome(fn, *args):
     """('ok', value as JSON text) or ('error', status): comparable, NaN-safe, type-exact."""
     try:
         return "ok", json.dumps(fn(*args), sort_keys=True)
-    except P.PayloadError as exc:
+    except B.PayloadError as exc:
         return "error", exc.status
 
 
-def general_decode(raw: bytes, limits: P.Limits):
-    return P.careful_loads(raw, limits)
+def general_decode(raw: bytes, limits: B.Limits):
+    return B.careful_loads(raw, limits)
 
 
-def fast_decode(raw: bytes, limits: P.Limits):
-    return P.decode_body(raw, "application/json", None, 10 ** 8, limits)
+def fast_decode(raw: bytes, limits: B.Limits):
+    return B.decode_body(raw, "application/json", None, 10 ** 8, limits)
 
 
 texts = (json_values | json_values_with_surrogates).flatmap(lambda v: st.sampled_from([
@@ -36,13 +37,13 @@ mangled = st.tuples(texts, st.integers(0, 400), st.binary(max_size=4)).map(
 
 
 @PROPS
-@given(texts | mangled | st.binary(max_size=200), st.sampled_from([P.DEFAULT_LIMITS, P.Limits(max_depth=3, max_containers=8)]))
+@given(texts | mangled | st.binary(max_size=200), st.sampled_from([B.DEFAULT_LIMITS, B.Limits(max_depth=3, max_containers=8)]))
 def test_the_fast_decode_gives_what_the_standard_library_gives(raw, limits):
     assert outcome(fast_decode, raw, limits) == outcome(general_decode, raw, limits)
 
 
 def test_the_fast_decode_keeps_integers_past_64_bits_exact():
-    assert fast_decode(b'{"n": 123456789012345678901234567890}', P.DEFAULT_LIMITS) == {
+    assert fast_decode(b'{"n": 123456789012345678901234567890}', B.DEFAULT_LIMITS) == {
         "n": 123456789012345678901234567890}
 
 
@@ -52,8 +53,8 @@ def test_the_fast_decode_keeps_integers_past_64_bits_exact():
     (b"[" + b"[]," * 200_001 + b"[]]", 413, "200003 arrays and objects"),
 ])
 def test_limits_hold_on_the_fast_path(raw, status, message):
-    with pytest.raises(P.PayloadError) as err:
-        fast_decode(raw, P.DEFAULT_LIMITS)
+    with pytest.raises(B.PayloadError) as err:
+        fast_decode(raw, B.DEFAULT_LIMITS)
     assert err.value.status == status and message in err.value.message
 
 
@@ -85,12 +86,12 @@ meta_values = st.recursive(
     | st.just("x" * 2100),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | forbidden, inner, max_size=4),
     max_leaves=25)
-small_limits = P.Limits(max_depth=4, max_meta_string=50, max_metadata_bytes=400)
+small_limits = B.Limits(max_depth=4, max_meta_string=50, max_metadata_bytes=400)
 
 
 @settings(PROPS, max_examples=300)
 @given(st.dictionaries(st.text(max_size=8) | forbidden, meta_values, max_size=5),
-       st.sampled_from([P.DEFAULT_LIMITS, small_limits]))
+       st.sampled_from([B.DEFAULT_LIMITS, small_limits]))
 def test_plain_small_metadata_is_kept_as_sent_only_when_sanitising_would_keep_it(meta, limits):
     if P.plain_and_small(meta, limits):
         assert P.sanitise_metadata(meta, limits.max_meta_string) == meta

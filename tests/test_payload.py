@@ -5,6 +5,7 @@ import zlib
 
 import pytest
 
+from pagesync import body as B
 from pagesync import payload as P
 
 NOW = 1_764_600_000_000  # 2025-12-01T14:40Z
@@ -167,7 +168,7 @@ def test_metadata_over_50_kb_rejects_the_record():
 
 
 def test_metadata_limits_come_from_the_limits_object():
-    limits = P.Limits(max_metadata_bytes=100, max_meta_string=5)
+    limits = B.Limits(max_metadata_bytes=100, max_meta_string=5)
     batch = parse_visits(visit(metadata={"a": "x" * 200}), visit(id="pv_2", metadata={"a": "abcdefgh"}),
                          limits=limits)
     assert "over the limit of 100" in errors_of(batch, 0)["metadata"]
@@ -210,23 +211,23 @@ def test_api_aggregate_scroll_depth_is_0_to_100(depth, ok):
     ({"pageVisits": [visit()] * 600, "tabAggregates": [aggregate()] * 401}, "Too many records: 1001"),
 ])
 def test_malformed_batches_are_400(body, words):
-    with pytest.raises(P.PayloadError) as caught:
+    with pytest.raises(B.PayloadError) as caught:
         P.parse_batch(body, NOW)
     assert caught.value.status == 400
     assert words in caught.value.message
 
 
 def test_record_limit_comes_from_limits():
-    with pytest.raises(P.PayloadError, match="limit is 2"):
+    with pytest.raises(B.PayloadError, match="limit is 2"):
         P.parse_batch({"pageVisits": [visit(id=str(i)) for i in range(3)]}, NOW,
-                      limits=P.Limits(max_records=2))
+                      limits=B.Limits(max_records=2))
     assert len(P.parse_batch({"pageVisits": [visit(id=str(i)) for i in range(1000)]}, NOW).visits) == 1000
 
 
 # ---------------------------------------------------------------- the request body
 
 def decode(raw: bytes, ctype="application/json", encoding=None, max_bytes=10_000, **kw):
-    return P.decode_body(raw, ctype, encoding, max_bytes, **kw)
+    return B.decode_body(raw, ctype, encoding, max_bytes, **kw)
 
 
 @pytest.mark.parametrize("raw, ctype, encoding, status, words", [
@@ -243,7 +244,7 @@ def decode(raw: bytes, ctype="application/json", encoding=None, max_bytes=10_000
     (b"x" * 10_001, "application/json", None, 413, "over the limit of 10000"),
 ])
 def test_bad_bodies_get_a_clear_status(raw, ctype, encoding, status, words):
-    with pytest.raises(P.PayloadError) as caught:
+    with pytest.raises(B.PayloadError) as caught:
         decode(raw, ctype, encoding, max_bytes=200_000 if len(raw) != 10_001 else 10_000)
     assert caught.value.status == status
     assert words in caught.value.message
@@ -251,11 +252,11 @@ def test_bad_bodies_get_a_clear_status(raw, ctype, encoding, status, words):
 
 def test_too_many_arrays_and_objects_is_413_before_parsing():
     raw = b"[" + b"[]," * 3000 + b"[]]"
-    with pytest.raises(P.PayloadError) as caught:
-        decode(raw, limits=P.Limits(max_containers=3000))
+    with pytest.raises(B.PayloadError) as caught:
+        decode(raw, limits=B.Limits(max_containers=3000))
     assert caught.value.status == 413
     assert "3002 arrays and objects, over the limit of 3000" in caught.value.message
-    assert len(decode(raw, limits=P.Limits(max_containers=3002))) == 3001
+    assert len(decode(raw, limits=B.Limits(max_containers=3002))) == 3001
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting():
@@ -269,13 +270,13 @@ def test_gzip_bodies_are_limited_after_decompression_in_bounded_memory():
     chunk = bytes(1 << 20)
     compressed = b"".join(bomb.compress(chunk) for _ in range(256)) + bomb.flush()  # 256 MB
     assert len(compressed) < 400_000
-    with pytest.raises(P.PayloadError) as caught:
-        P.gunzip_limited(compressed, 1_000_000)
+    with pytest.raises(B.PayloadError) as caught:
+        B.gunzip_limited(compressed, 1_000_000)
     assert caught.value.status == 413
     ok = gzip.compress(b'{"pageVisits": []}')
     assert decode(ok, encoding="gzip") == {"pageVisits": []}
     assert decode(ok, encoding="GZIP", max_bytes=100, max_decompressed=18) == {"pageVisits": []}
-    with pytest.raises(P.PayloadError, match="decompresses to over the limit of 17"):
+    with pytest.raises(B.PayloadError, match="decompresses to over the limit of 17"):
         decode(ok, encoding="gzip", max_decompressed=17)
 
 

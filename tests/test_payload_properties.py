@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pagesync import body as B
 from pagesync import payload as P
 from pagesync import store
 
@@ -63,7 +64,7 @@ def storable(rec: dict) -> None:
 def test_any_json_value_gives_a_batch_or_a_4xx(body):
     try:
         batch = P.parse_batch(body, NOW)
-    except P.PayloadError as exc:
+    except B.PayloadError as exc:
         assert 400 <= exc.status < 500 and exc.message
         return
     for rec in batch.visits + batch.aggregates:
@@ -80,8 +81,8 @@ def test_any_json_text_gives_storable_records_or_a_4xx(body):
     -> decode_body -> parse_batch -> what the store writes."""
     raw = json.dumps(body, ensure_ascii=True).encode()
     try:
-        batch = P.parse_batch(P.decode_body(raw, "application/json", None, 1 << 20), NOW)
-    except P.PayloadError as exc:
+        batch = P.parse_batch(B.decode_body(raw, "application/json", None, 1 << 20), NOW)
+    except B.PayloadError as exc:
         assert 400 <= exc.status < 500 and exc.message
         return
     for rec in batch.visits + batch.aggregates:
@@ -94,8 +95,8 @@ def test_any_json_text_gives_storable_records_or_a_4xx(body):
        st.sampled_from([None, "gzip", "identity", "br"]))
 def test_any_bytes_give_a_value_or_a_4xx(raw, encoding):
     try:
-        P.decode_body(raw, "application/json", encoding, 10_000)
-    except P.PayloadError as exc:
+        B.decode_body(raw, "application/json", encoding, 10_000)
+    except B.PayloadError as exc:
         assert 400 <= exc.status < 500 and exc.message
 
 
@@ -239,8 +240,8 @@ def test_hostile_fields_in_otherwise_valid_records_never_crash(key, dialect, spe
     record = {**KINDS[key][dialect](1, url, start, duration, rate, cat, title), **overlay}
     raw = json.dumps({key: [record]}, ensure_ascii=True).encode()
     try:
-        batch = P.parse_batch(P.decode_body(raw, "application/json", None, 1 << 20), NOW)
-    except P.PayloadError as exc:
+        batch = P.parse_batch(B.decode_body(raw, "application/json", None, 1 << 20), NOW)
+    except B.PayloadError as exc:
         assert 400 <= exc.status < 500 and exc.message
         return
     for rec in batch.visits + batch.aggregates:
@@ -263,7 +264,7 @@ def test_unpaired_surrogates_anywhere_are_stored_as_replacement_characters(key, 
     record = {**KINDS[key][dialect](1, url, start, duration, rate, cat, title), **overlay,
               "metadata": meta, "statistics": meta}
     raw = json.dumps({key: [record]}, ensure_ascii=True).encode()
-    batch = P.parse_batch(P.decode_body(raw, "application/json", None, 1 << 20), NOW)
+    batch = P.parse_batch(B.decode_body(raw, "application/json", None, 1 << 20), NOW)
     for rec in batch.visits + batch.aggregates:
         text = store.canonical(rec)
         storable(rec)

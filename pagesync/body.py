@@ -5,7 +5,6 @@ status to answer).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import zlib
@@ -196,7 +195,3 @@ def gunzip_limited(raw: bytes, max_bytes: int) -> bytes:
         raw = d.unused_data
         if not raw.strip(b"\0"):
             return bytes(out)
-
-
-def gzip_bytes(raw: bytes) -> bytes:
-    return gzip.compress(raw, compresslevel=5)

@@ -134,7 +134,10 @@ def scrub_surrogates(value):
     return value
 
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+# A string, or an unterminated one up to the end of the text: possessive quantifiers and
+# the end-of-text branch keep the scan linear (a body of `\"` pairs with no closing quote
+# would otherwise be rescanned from each quote: quadratic).
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.S)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = [0] * 256
 _STEP[ord("[")] = _STEP[ord("{")] = 1
@@ -175,11 +178,15 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+MAX_GZIP_MEMBERS = 16  # each member copies the rest of the body: bounded, so linear
+
+
 def gunzip_limited(raw: bytes, max_bytes: int) -> bytes:
-    """Decompress gzip (every member of a multi-member stream), refusing (413) as soon as
-    the output passes max_bytes: memory stays bounded by the limit, whatever the ratio."""
+    """Decompress gzip (every member of a multi-member stream, up to MAX_GZIP_MEMBERS),
+    refusing (413) as soon as the output passes max_bytes: memory stays bounded by the
+    limit, whatever the ratio."""
     out = bytearray()
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             out += d.decompress(raw, max_bytes + 1 - len(out))
@@ -195,3 +202,4 @@ def gunzip_limited(raw: bytes, max_bytes: int) -> bytes:
         raw = d.unused_data
         if not raw.strip(b"\0"):
             return bytes(out)
+    raise PayloadError(400, f"Body is a gzip stream of over {MAX_GZIP_MEMBERS} members")

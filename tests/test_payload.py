@@ -1,6 +1,7 @@
 """Issue 7: one test per validation rule of SPEC section 1 (payload.py is pure: no server)."""
 import gzip
 import json
+import time
 import zlib
 
 import pytest
@@ -283,6 +284,29 @@ def test_gzip_bodies_are_limited_after_decompression_in_bounded_memory():
 def test_multi_member_gzip_is_read_whole():
     raw = gzip.compress(b'{"pageVisits": [') + gzip.compress(b"]}")
     assert decode(raw, encoding="gzip") == {"pageVisits": []}
+
+
+def test_a_gzip_stream_of_many_members_is_refused_at_once():
+    """Each member copies the rest of the body: 100k tiny members took minutes (quadratic)."""
+    raw = gzip.compress(b'{"pageVisits": []}') + gzip.compress(b" ") * 100_000
+    started = time.monotonic()
+    with pytest.raises(B.PayloadError, match="over 16 members") as caught:
+        decode(raw, encoding="gzip", max_bytes=len(raw))
+    assert caught.value.status == 400 and time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("raw", [
+    b'"' + b'\\"' * 500_000,               # one unterminated string of escaped quotes
+    b'["' + b'\\"' * 500_000 + b'"' * 1000,  # ...and quotes after it
+    b'"' * 1_000_001,                         # empty strings and one left open
+])
+def test_invalid_bodies_are_refused_in_linear_time(raw):
+    """The structure check runs on every body orjson refuses; a 1 MB body of escaped
+    quotes took days when the string scan was quadratic."""
+    started = time.monotonic()
+    with pytest.raises(B.PayloadError) as caught:
+        decode(raw, max_bytes=len(raw))
+    assert caught.value.status == 400 and time.monotonic() - started < 2
 
 
 def test_unpaired_surrogates_become_replacement_characters():

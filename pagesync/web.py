@@ -144,13 +144,19 @@ class App:
         want = limit + 1 if length is None else min(length, limit + 1)
         parts, size = [], 0
         while size < want:
-            part = stream.read(min(65536, want - size))
+            try:
+                part = stream.read(min(65536, want - size))
+            except (ValueError, OSError) as exc:  # e.g. a bad chunk size, a dropped client
+                raise ApiError(400, f"Body could not be read: {exc}")
             if not part:
                 break
             parts.append(part)
             size += len(part)
         if size > limit:
             raise ApiError(413, f"Body is over the limit of {limit} bytes")
+        if length is not None and size < length:
+            raise ApiError(400, f"Body ended after {size} of the {length} bytes announced "
+                                "by Content-Length")
         return b"".join(parts)
 
     def sync(self):
@@ -228,11 +234,15 @@ def guarded(handler):
             return handler(*args, **kwargs)
         except ApiError as err:
             return json_response(err.status, error_body(err), err.headers)
-        except store.StorageBusy:
+        except store.StorageBusy as exc:
+            log.warning("storage busy, answered 503: %s", exc)
             return json_response(503, {"success": False, "message": "Storage busy, retry later",
                                        "errors": []}, {"Retry-After": 2})
         except bottle.HTTPResponse:
             raise
+        except UnicodeError:  # a header bottle cannot decode (bytes that are not UTF-8)
+            return json_response(400, {"success": False, "errors": [],
+                                       "message": "Request headers must be ASCII or UTF-8"})
         except Exception:
             log.exception("unexpected error")
             return json_response(503, {"success": False, "errors": [],

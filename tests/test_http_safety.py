@@ -131,3 +131,50 @@ def call(app, path: str) -> tuple[str, dict]:
 
     b"".join(app(environ, start_response))
     return out["status"], out["headers"]
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"", half_close: bool = False) -> tuple[int, bytes]:
+    """Send a request byte for byte (headers a client library would refuse to send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n" + body)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while part := sock.recv(65536):
+            data += part
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def sync_head(token: str, *extra: bytes) -> bytes:
+    return b"\r\n".join([b"POST /api/v1/data/sync HTTP/1.1", b"Host: x", b"Connection: close",
+                         b"Content-Type: application/json", b"Authorization: Bearer " + token.encode(),
+                         *extra])
+
+
+@pytest.fixture(scope="module")
+def live_token(live):
+    return live.token()
+
+
+@pytest.mark.parametrize("name, head, body, half_close, status, words", [
+    ("header not UTF-8", lambda t: sync_head(t, b"Content-Length: 2").replace(
+        b"Bearer " + t.encode(), b"Bearer \xe9"), b"{}", False, 400, b"ASCII or UTF-8"),
+    ("encoding not UTF-8", lambda t: sync_head(t, b"Content-Length: 2", b"Content-Encoding: gzip\xe9"),
+     b"{}", False, 400, b"ASCII or UTF-8"),
+    ("bad chunk size", lambda t: sync_head(t, b"Transfer-Encoding: chunked"), b"zz\r\n{}\r\n0\r\n\r\n",
+     False, 400, b"Body could not be read"),
+    ("body shorter than announced", lambda t: sync_head(t, b"Content-Length: 100"), b"{}", True, 400,
+     b"Body ended after 2 of the 100 bytes"),
+])
+def test_malformed_requests_get_a_4xx_with_a_message(live, live_token, name, head, body, half_close,
+                                                      status, words):
+    got, text = raw_request(live.port, head(live_token), body, half_close)
+    assert got == status, (name, text)
+    assert words in text and json.loads(text)["success"] is False
+
+
+def test_stats_with_a_header_that_is_not_utf8_is_a_400(live):
+    got, text = raw_request(live.port, b"GET /api/v1/stats/daily HTTP/1.1\r\nHost: x\r\n"
+                            b"Connection: close\r\nAuthorization: Bearer \xe9")
+    assert got == 400 and b"ASCII or UTF-8" in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import socket
 import sqlite3
@@ -251,7 +252,19 @@ def canonical(rec: dict) -> str:
     try:
         return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS).decode("utf-8")
     except TypeError:  # an integer past 64 bits (kept in metadata): the standard library
-        return json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(finite(rec), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def finite(value):
+    """Non-finite numbers (1e400 in metadata parses as infinity) as null, as orjson writes
+    them: the stored JSON stays strict, so SQLite's JSON functions can read every row."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 def content_hash(text: str) -> str:

@@ -117,3 +117,5 @@ def test_canonical_json_is_strict_json():
     """A non-finite number (only metadata can hold one: 1e400 parses as infinity) is
     stored as null, not as the non-standard Infinity."""
     assert store.canonical({"b": [math.inf], "a": -math.inf}) == '{"a":null,"b":[null]}'
+    # the same when an integer past 64 bits sends it through the standard library
+    assert store.canonical({"b": [math.inf], "n": 10 ** 30}) == '{"b":[null],"n":%d}' % 10 ** 30

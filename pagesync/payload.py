@@ -362,12 +362,24 @@ def parse_url(value, fld: str, r: RecordErrors, required: bool, lenient: bool = 
     if problem:
         (r.warn if lenient else r.error)(fld, problem + ("; ignored" if lenient else ""))
         return None
-    return strip_tracking(value.strip())
+    return strip_tracking(strip_credentials(value.strip()))
+
+
+def strip_credentials(url: str) -> str:
+    """A URL without its `user:password@` part: a password never reaches storage."""
+    if "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 # An http(s) URL with a plain host (and port below 10000) and only printable ASCII after
 # it: urlsplit would accept it as it is, so the check below can skip the parse.
-_PLAIN_URL = re.compile(r"https?://[a-z0-9.-]+(?::[0-9]{1,4})?(?:[/?#][!-~]*)?", re.I)
+_PLAIN_URL = re.compile(r"https?://(?=\.*[a-z0-9-])[a-z0-9.-]+(?::[0-9]{1,4})?(?:[/?#][!-~]*)?",
+                        re.I)
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def url_problem(value) -> str | None:
@@ -383,7 +395,7 @@ def parsed_url_problem(value) -> str | None:
     value = value.strip()
     if len(value) > MAX_URL:
         return f"is longer than {MAX_URL} characters ({len(value)})"
-    if any(c in value for c in "\x00\n\r\t"):
+    if _URL_CONTROL.search(value):
         return "contains control characters"
     try:
         parts = urlsplit(value)
@@ -392,8 +404,10 @@ def parsed_url_problem(value) -> str | None:
         return f"cannot be parsed: {exc}"
     if parts.scheme.lower() not in ("http", "https"):
         return f"must be http or https, got {parts.scheme or 'no scheme'}"
-    if not parts.hostname or " " in parts.netloc:
+    if not (parts.hostname or "").strip(".") or " " in parts.netloc:
         return "has no valid host"
+    if "\\" in parts.netloc:  # browsers read it as "/": the host would not be this one
+        return "has a backslash in its host part"
     return None
 
 

@@ -153,6 +153,23 @@ def test_urls_browsers_really_produce_are_accepted(url):
     assert batch.visits[0]["url"] == url
 
 
+@pytest.mark.parametrize("url, problem", [
+    ("https://./", "has no valid host"),
+    ("https://../page", "has no valid host"),
+    ("https://a.com/\x01x", "contains control characters"),
+    ("https://a.com/x\x7f", "contains control characters"),
+    ("https://a.com\\@b.com/", "has a backslash in its host part"),
+])
+def test_urls_without_a_real_host_or_with_control_characters_are_rejected(url, problem):
+    assert errors_of(parse_visits(visit(url=url))) == {"url": problem}
+
+
+def test_credentials_in_a_url_are_not_stored():
+    batch = parse_visits(visit(url="https://user:secret@example.org:8443/a?b=1#c"))
+    assert batch.visits[0]["url"] == "https://example.org:8443/a?b=1#c"
+    assert parse_visits(visit(url="https://example.org/@me")).visits[0]["url"] == "https://example.org/@me"
+
+
 def test_metadata_is_sanitised():
     meta = {"__proto__": {"polluted": True}, "constructor": 1, "prototype": 2,
             "nested": {"__proto__": 3, "keep": "k" * 2500}, "list": [{"prototype": 1, "x": "y"}]}

@@ -749,10 +749,14 @@ def merge_fields(old: dict, new: dict, growing: tuple, fresher_is_new: bool) -> 
 
 
 def merge_visit(old: dict, new: dict) -> dict:
+    if old.get("dialect") != new.get("dialect"):
+        return new  # one id, two shapes: the later send replaces it whole, no field mixing
     return merge_fields(old, new, VISIT_GROWING, freshness_visit(new) >= freshness_visit(old))
 
 
 def merge_aggregate(old: dict, new: dict) -> dict:
+    if old.get("dialect") != new.get("dialect"):
+        return new  # one id, two shapes: the later send replaces it whole, no field mixing
     out = merge_fields(old, new, AGG_GROWING, freshness_aggregate(new) >= freshness_aggregate(old))
     if old.get("domain_durations") or new.get("domain_durations"):
         merged = dict(old.get("domain_durations") or {})

@@ -379,3 +379,14 @@ def test_too_large_amount_says_so():
     v = {"id": "v", "url": "https://hs.com/", "startedAt": T, "duration": 1e308}
     msg = P.parse_batch({"pageVisits": [v]}, NOW).rejected[0]["errors"][0]["message"]
     assert "too large" in msg
+
+
+def test_one_id_in_both_dialects_is_not_a_mix_of_the_two():
+    """The later send replaces the record whole: a url from one and durations from the
+    other would count time for the wrong host."""
+    api = api_visit(id="dup-x", url="https://a.com/", duration_seconds=10)
+    ext = visit(id="dup-x", url="https://b.com/", duration=99_000)
+    rec = parse_visits(api, ext).visits[0]
+    assert (rec["url"], rec["duration_ms"], rec["duration_s"], rec["dialect"]) == \
+        ("https://b.com/", 99_000, None, "extension")
+    assert P.merge_visit(rec, P.parse_visit(api, None, NOW)[0])["url"] == "https://a.com/"

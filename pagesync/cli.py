@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 from rich.text import Text
@@ -62,7 +63,7 @@ def conn_for(s: Settings, create: bool = True):
 
 
 def fail(message: str, code: int = 1):
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -206,7 +207,7 @@ def token_create(name: Annotated[str, typer.Argument(help="User the token belong
     if not name.strip() or len(name) > 100:
         fail("NAME must be 1 to 100 characters", 2)
     token = store.create_token(conn_for(settings(db)), name.strip())
-    err.print(f"Token for [bold]{name}[/] (shown once, store it now):")
+    err.print(f"Token for [bold]{escape(name)}[/] (shown once, store it now):")
     print(token)
 
 
@@ -219,7 +220,7 @@ def token_list(db: Db = None, as_json: AsJson = False):
         return
     table = Table("user", "token", "created", "status")
     for r in rows:
-        table.add_row(r["name"], r["prefix"] + "…", fmt_time(r["created_at"]),
+        table.add_row(Text(r["name"]), r["prefix"] + "…", fmt_time(r["created_at"]),
                       "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]")
     console.print(table)
 
@@ -230,7 +231,7 @@ def token_revoke(name: Annotated[str, typer.Argument(help="User whose tokens to 
     n = store.revoke_tokens(conn_for(settings(db), create=False), name)
     if not n:
         fail(f"no active token for {name!r}")
-    console.print(f"Revoked {n} token(s) of {name}.")
+    console.print(f"Revoked {n} token(s) of {escape(name)}.")
 
 
 def fmt_time(ts) -> str:
@@ -333,7 +334,8 @@ def stats(
         print(json.dumps({"from": first, "to": last, "timezone": s.timezone, "by": by, "rows": rows}))
         return
     span = first if first == last else f"{first} to {last}"
-    console.print(display.stats_table(rows, f"{span} ({s.timezone})" + (f", {user}" if user else ""), by))
+    title = f"{span} ({s.timezone})" + (f", {user}" if user else "")
+    console.print(display.stats_table(rows, escape(title), by))
 
 
 # ---------------------------------------------------------------- demo
@@ -362,7 +364,8 @@ def main():
     try:
         app(prog_name="pagesync")
     except (SettingsError, sqlite3.Error, store.StorageBusy, RedisError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", markup=True,
+                  highlight=False)
         sys.exit(1)
 
 

@@ -74,7 +74,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     db: Db = None, queue: Queue = None,
-    threads: Annotated[int, typer.Option(help="Request-handling threads.")] = 16,
+    threads: Annotated[int, typer.Option(help="Request-handling threads.", min=1, max=1024)] = 16,
     dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "
                                       "needs no login on loopback.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
@@ -97,7 +97,8 @@ def serve(
 
 @app.command()
 def worker(
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Concurrent workers.", min=1)] = 2,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Concurrent workers.",
+                                         min=1, max=256)] = 2,
     kind: Annotated[str, typer.Option("--kind", help="thread or process.")] = "thread",
     db: Db = None, queue: Queue = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
@@ -120,9 +121,11 @@ def replay(
     url: Annotated[str, typer.Option(envvar="PAGESYNC_URL", help="Server base URL.")] = "http://127.0.0.1:8000",
     token: Annotated[Optional[str], typer.Option(envvar="PAGESYNC_TOKEN", help="Bearer token.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per request (max 1000).", min=1, max=1000)] = 1000,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight (the extension uses 1).", min=1)] = 1,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight (the extension uses 1).",
+                                             min=1, max=64)] = 1,
     gzip_body: Annotated[bool, typer.Option("--gzip", help="Send gzip-compressed bodies.")] = False,
-    retries: Annotated[int, typer.Option(help="Retries per request on 429/503/connection errors.")] = 5,
+    retries: Annotated[int, typer.Option(help="Retries per request on 429/503/connection errors.",
+                                         min=0, max=100)] = 5,
     as_json: AsJson = False,
 ):
     """POST payload files to a server like the extension does, with progress and a summary.
@@ -171,7 +174,7 @@ def expand_paths(files: list[Path]) -> list[Path]:
 
 @app.command()
 def watch(
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1, max=3600)] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
     as_json: AsJson = False,
     db: Db = None, queue: Queue = None,
@@ -242,7 +245,7 @@ def fmt_time(ts) -> str:
 
 @jobs_app.command("failed")
 def jobs_failed(db: Db = None, as_json: AsJson = False,
-                limit: Annotated[int, typer.Option(help="At most this many.")] = 100):
+                limit: Annotated[int, typer.Option(help="At most this many.", min=1, max=1_000_000)] = 100):
     """List failed jobs (the dead list) with their errors."""
     rows = jobstate.failed_jobs(conn_for(settings(db), create=False), limit)
     if as_json:
@@ -306,9 +309,9 @@ def jobs_discard(ids: Annotated[Optional[list[str]], typer.Argument(help="Job id
 def stats(
     user: Annotated[Optional[str], typer.Option(help="Only this user (default: everyone).")] = None,
     date: Annotated[Optional[str], typer.Option(help="Last day, YYYY-MM-DD (default: today).")] = None,
-    days: Annotated[int, typer.Option(help="Number of days ending at --date.", min=1)] = 1,
+    days: Annotated[int, typer.Option(help="Number of days ending at --date.", min=1, max=36500)] = 1,
     by: Annotated[str, typer.Option(help="host or site.")] = "host",
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
+    limit: Annotated[int, typer.Option(help="At most this many rows.", min=1, max=1_000_000)] = 50,
     db: Db = None, as_json: AsJson = False,
 ):
     """Time per host (or site) from the processed rollups, with totals."""
@@ -322,6 +325,8 @@ def stats(
         first, last = S.day_range(last, days)
     except ValueError:
         fail(f"--date must be YYYY-MM-DD, got {last!r}", 2)
+    except OverflowError:
+        fail(f"--days {days} from {last} reaches before year 1", 2)
     if by not in ("host", "site"):
         fail("--by must be host or site", 2)
     user_id = None
@@ -344,7 +349,8 @@ def stats(
 def demo(
     payloads: Annotated[Path, typer.Option(help="Folder of payload files.")] = Path("sample_payloads"),
     workdir: Annotated[Path, typer.Option(help="Where the demo database goes (emptied first).")] = Path(".demo"),
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 120.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.",
+                                           min=1, max=86400)] = 120.0,
 ):
     """Run everything end to end on a fresh database: server, worker, replay, summary."""
     from .demo import run_demo

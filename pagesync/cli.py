@@ -30,11 +30,14 @@ app.add_typer(jobs_app, name="jobs")
 console = Console()
 err = Console(stderr=True)
 
-Db = Annotated[Optional[str], typer.Option("--db", help="SQLite database file [env: PAGESYNC_DB; default pagesync.db]")]
+# Help texts are Rich markup: a literal "[" is written "\\[". Flags get metavar="": they take
+# no value, so --help shows no <bool> beside them.
+Db = Annotated[Optional[str], typer.Option(
+    "--db", help="SQLite database file \\[env: PAGESYNC_DB; default pagesync.db]")]
 Queue = Annotated[Optional[str], typer.Option(
     "--queue", help="Queue: 'sqlite' (a file beside the database), sqlite:///FILE or "
-                    "redis://HOST:PORT/DB [env: PAGESYNC_QUEUE]")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+                    "redis://HOST:PORT/DB \\[env: PAGESYNC_QUEUE]")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.", metavar="")]
 
 
 def settings(db: str | None = None, queue: str | None = None, **more) -> Settings:
@@ -76,12 +79,12 @@ def serve(
     db: Db = None, queue: Queue = None,
     threads: Annotated[int, typer.Option(help="Request-handling threads.", min=1, max=1024)] = 16,
     dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "
-                                      "needs no login on loopback.")] = False,
+                                      "needs no login on loopback.", metavar="")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
     processes: Annotated[int, typer.Option(help="Server processes sharing the port "
                                            "(SO_REUSEPORT) and the database.", min=1)] = 1,
     reuse_port: Annotated[bool, typer.Option("--reuse-port", help="Bind with SO_REUSEPORT "
-                                             "(other servers may share the port).")] = False,
+                                             "(other servers may share the port).", metavar="")] = False,
 ):
     """Run the HTTP server: POST /api/v1/data/sync, stats, /jobs dashboard, health."""
     from .web import serve as run
@@ -116,14 +119,15 @@ def worker(
 
 @app.command()
 def replay(
-    files: Annotated[list[Path], typer.Argument(help="Payload files (JSON object, list of objects, "
-                                                "or JSON lines; .gz accepted). Directories: their *.json.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Payload files (JSON object, list "
+                                                "of objects, or JSON lines; .gz accepted). Directories: "
+                                                "their *.json.")],
     url: Annotated[str, typer.Option(envvar="PAGESYNC_URL", help="Server base URL.")] = "http://127.0.0.1:8000",
     token: Annotated[Optional[str], typer.Option(envvar="PAGESYNC_TOKEN", help="Bearer token.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per request (max 1000).", min=1, max=1000)] = 1000,
     concurrency: Annotated[int, typer.Option(help="Requests in flight (the extension uses 1).",
                                              min=1, max=64)] = 1,
-    gzip_body: Annotated[bool, typer.Option("--gzip", help="Send gzip-compressed bodies.")] = False,
+    gzip_body: Annotated[bool, typer.Option("--gzip", help="Send gzip-compressed bodies.", metavar="")] = False,
     retries: Annotated[int, typer.Option(help="Retries per request on 429/503/connection errors.",
                                          min=0, max=100)] = 5,
     as_json: AsJson = False,
@@ -175,7 +179,7 @@ def expand_paths(files: list[Path]) -> list[Path]:
 @app.command()
 def watch(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1, max=3600)] = 1.0,
-    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.", metavar="")] = False,
     as_json: AsJson = False,
     db: Db = None, queue: Queue = None,
 ):
@@ -205,7 +209,8 @@ def watch(
 # ---------------------------------------------------------------- tokens
 
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="User the token belongs to.")], db: Db = None):
+def token_create(name: Annotated[str, typer.Argument(metavar="NAME", help="User the token belongs to.")],
+                 db: Db = None):
     """Create a token for NAME (the user is created if new). The token is shown once."""
     if not name.strip() or len(name) > 100:
         fail("NAME must be 1 to 100 characters", 2)
@@ -229,7 +234,8 @@ def token_list(db: Db = None, as_json: AsJson = False):
 
 
 @token_app.command("revoke")
-def token_revoke(name: Annotated[str, typer.Argument(help="User whose tokens to revoke.")], db: Db = None):
+def token_revoke(name: Annotated[str, typer.Argument(metavar="NAME", help="User whose tokens to revoke.")],
+                 db: Db = None):
     """Revoke every token of NAME, effective at once."""
     n = store.revoke_tokens(conn_for(settings(db), create=False), name)
     if not n:
@@ -264,6 +270,10 @@ def jobs_failed(db: Db = None, as_json: AsJson = False,
     console.print(table)
 
 
+JobIds = Annotated[Optional[list[str]], typer.Argument(metavar="IDS", help="Job ids from `jobs failed`.")]
+AllFailed = Annotated[bool, typer.Option("--all", help="Every failed job.", metavar="")]
+
+
 def _ids_or_all(ids: list[str] | None, all_: bool) -> list | None:
     if all_ == bool(ids):
         fail("give job ids or --all (not both)", 2)
@@ -271,8 +281,7 @@ def _ids_or_all(ids: list[str] | None, all_: bool) -> list | None:
 
 
 @jobs_app.command("retry")
-def jobs_retry(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids from `jobs failed`.")] = None,
-               all_: Annotated[bool, typer.Option("--all", help="Every failed job.")] = False,
+def jobs_retry(ids: JobIds = None, all_: AllFailed = False,
                db: Db = None, queue: Queue = None, as_json: AsJson = False):
     """Put failed jobs back on the queue with fresh attempts."""
     from .queue import deliver, make_huey
@@ -292,8 +301,7 @@ def jobs_retry(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids 
 
 
 @jobs_app.command("discard")
-def jobs_discard(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids from `jobs failed`.")] = None,
-                 all_: Annotated[bool, typer.Option("--all", help="Every failed job.")] = False,
+def jobs_discard(ids: JobIds = None, all_: AllFailed = False,
                  db: Db = None, as_json: AsJson = False):
     """Drop failed jobs from the failed list (their records stay stored)."""
     try:

@@ -63,3 +63,24 @@ def test_stats_watch_and_failed_jobs_show_bracketed_data_literally(tmp_path):
     assert "[/]r1" in res.stdout and "boom [/] [red]x" in res.stdout
     res = cli("stats", "--db", db, "--user", "[/]nobody")
     assert res.returncode == 1 and "no user '[/]nobody'" in res.stderr
+
+
+def help_text(*command) -> str:
+    res = cli(*command, "--help")
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def usage(*command) -> str:
+    return next(line for line in help_text(*command).splitlines() if "Usage:" in line)
+
+
+def test_help_shows_bracketed_parts_and_plain_metavars():
+    serve = help_text("serve")
+    assert "[env: PAGESYNC_DB; default pagesync.db]" in serve
+    assert "[env: PAGESYNC_QUEUE]" in serve
+    dev = next(line for line in serve.splitlines() if "--dev" in line)
+    assert "<bool>" not in dev
+    assert "FILES" in usage("replay") and "files" not in usage("replay")
+    assert "NAME" in usage("token", "create")
+    assert "IDS" in usage("jobs", "retry")

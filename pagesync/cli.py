@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 from rich.text import Text
@@ -29,11 +30,14 @@ app.add_typer(jobs_app, name="jobs")
 console = Console()
 err = Console(stderr=True)
 
-Db = Annotated[Optional[str], typer.Option("--db", help="SQLite database file [env: PAGESYNC_DB; default pagesync.db]")]
+# Help texts are Rich markup: a literal "[" is written "\\[". Flags get metavar="": they take
+# no value, so --help shows no <bool> beside them.
+Db = Annotated[Optional[str], typer.Option(
+    "--db", help="SQLite database file \\[env: PAGESYNC_DB; default pagesync.db]")]
 Queue = Annotated[Optional[str], typer.Option(
     "--queue", help="Queue: 'sqlite' (a file beside the database), sqlite:///FILE or "
-                    "redis://HOST:PORT/DB [env: PAGESYNC_QUEUE]")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+                    "redis://HOST:PORT/DB \\[env: PAGESYNC_QUEUE]")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.", metavar="")]
 
 
 def settings(db: str | None = None, queue: str | None = None, **more) -> Settings:
@@ -62,7 +66,7 @@ def conn_for(s: Settings, create: bool = True):
 
 
 def fail(message: str, code: int = 1):
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -73,14 +77,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     db: Db = None, queue: Queue = None,
-    threads: Annotated[int, typer.Option(help="Request-handling threads.")] = 16,
+    threads: Annotated[int, typer.Option(help="Request-handling threads.", min=1, max=1024)] = 16,
     dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "
-                                      "needs no login on loopback.")] = False,
+                                      "needs no login on loopback.", metavar="")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
     processes: Annotated[int, typer.Option(help="Server processes sharing the port "
                                            "(SO_REUSEPORT) and the database.", min=1)] = 1,
     reuse_port: Annotated[bool, typer.Option("--reuse-port", help="Bind with SO_REUSEPORT "
-                                             "(other servers may share the port).")] = False,
+                                             "(other servers may share the port).", metavar="")] = False,
 ):
     """Run the HTTP server: POST /api/v1/data/sync, stats, /jobs dashboard, health."""
     from .web import serve as run
@@ -96,7 +100,8 @@ def serve(
 
 @app.command()
 def worker(
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Concurrent workers.", min=1)] = 2,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Concurrent workers.",
+                                         min=1, max=256)] = 2,
     kind: Annotated[str, typer.Option("--kind", help="thread or process.")] = "thread",
     db: Db = None, queue: Queue = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
@@ -114,14 +119,17 @@ def worker(
 
 @app.command()
 def replay(
-    files: Annotated[list[Path], typer.Argument(help="Payload files (JSON object, list of objects, "
-                                                "or JSON lines; .gz accepted). Directories: their *.json.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Payload files (JSON object, list "
+                                                "of objects, or JSON lines; .gz accepted). Directories: "
+                                                "their *.json.")],
     url: Annotated[str, typer.Option(envvar="PAGESYNC_URL", help="Server base URL.")] = "http://127.0.0.1:8000",
     token: Annotated[Optional[str], typer.Option(envvar="PAGESYNC_TOKEN", help="Bearer token.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per request (max 1000).", min=1, max=1000)] = 1000,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight (the extension uses 1).", min=1)] = 1,
-    gzip_body: Annotated[bool, typer.Option("--gzip", help="Send gzip-compressed bodies.")] = False,
-    retries: Annotated[int, typer.Option(help="Retries per request on 429/503/connection errors.")] = 5,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight (the extension uses 1).",
+                                             min=1, max=64)] = 1,
+    gzip_body: Annotated[bool, typer.Option("--gzip", help="Send gzip-compressed bodies.", metavar="")] = False,
+    retries: Annotated[int, typer.Option(help="Retries per request on 429/503/connection errors.",
+                                         min=0, max=100)] = 5,
     as_json: AsJson = False,
 ):
     """POST payload files to a server like the extension does, with progress and a summary.
@@ -170,8 +178,8 @@ def expand_paths(files: list[Path]) -> list[Path]:
 
 @app.command()
 def watch(
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
-    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1, max=3600)] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.", metavar="")] = False,
     as_json: AsJson = False,
     db: Db = None, queue: Queue = None,
 ):
@@ -201,12 +209,13 @@ def watch(
 # ---------------------------------------------------------------- tokens
 
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="User the token belongs to.")], db: Db = None):
+def token_create(name: Annotated[str, typer.Argument(metavar="NAME", help="User the token belongs to.")],
+                 db: Db = None):
     """Create a token for NAME (the user is created if new). The token is shown once."""
     if not name.strip() or len(name) > 100:
         fail("NAME must be 1 to 100 characters", 2)
     token = store.create_token(conn_for(settings(db)), name.strip())
-    err.print(f"Token for [bold]{name}[/] (shown once, store it now):")
+    err.print(f"Token for [bold]{escape(name)}[/] (shown once, store it now):")
     print(token)
 
 
@@ -219,18 +228,19 @@ def token_list(db: Db = None, as_json: AsJson = False):
         return
     table = Table("user", "token", "created", "status")
     for r in rows:
-        table.add_row(r["name"], r["prefix"] + "…", fmt_time(r["created_at"]),
+        table.add_row(Text(r["name"]), r["prefix"] + "…", fmt_time(r["created_at"]),
                       "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]")
     console.print(table)
 
 
 @token_app.command("revoke")
-def token_revoke(name: Annotated[str, typer.Argument(help="User whose tokens to revoke.")], db: Db = None):
+def token_revoke(name: Annotated[str, typer.Argument(metavar="NAME", help="User whose tokens to revoke.")],
+                 db: Db = None):
     """Revoke every token of NAME, effective at once."""
     n = store.revoke_tokens(conn_for(settings(db), create=False), name)
     if not n:
         fail(f"no active token for {name!r}")
-    console.print(f"Revoked {n} token(s) of {name}.")
+    console.print(f"Revoked {n} token(s) of {escape(name)}.")
 
 
 def fmt_time(ts) -> str:
@@ -241,7 +251,7 @@ def fmt_time(ts) -> str:
 
 @jobs_app.command("failed")
 def jobs_failed(db: Db = None, as_json: AsJson = False,
-                limit: Annotated[int, typer.Option(help="At most this many.")] = 100):
+                limit: Annotated[int, typer.Option(help="At most this many.", min=1, max=1_000_000)] = 100):
     """List failed jobs (the dead list) with their errors."""
     rows = jobstate.failed_jobs(conn_for(settings(db), create=False), limit)
     if as_json:
@@ -260,6 +270,10 @@ def jobs_failed(db: Db = None, as_json: AsJson = False,
     console.print(table)
 
 
+JobIds = Annotated[Optional[list[str]], typer.Argument(metavar="IDS", help="Job ids from `jobs failed`.")]
+AllFailed = Annotated[bool, typer.Option("--all", help="Every failed job.", metavar="")]
+
+
 def _ids_or_all(ids: list[str] | None, all_: bool) -> list | None:
     if all_ == bool(ids):
         fail("give job ids or --all (not both)", 2)
@@ -267,8 +281,7 @@ def _ids_or_all(ids: list[str] | None, all_: bool) -> list | None:
 
 
 @jobs_app.command("retry")
-def jobs_retry(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids from `jobs failed`.")] = None,
-               all_: Annotated[bool, typer.Option("--all", help="Every failed job.")] = False,
+def jobs_retry(ids: JobIds = None, all_: AllFailed = False,
                db: Db = None, queue: Queue = None, as_json: AsJson = False):
     """Put failed jobs back on the queue with fresh attempts."""
     from .queue import deliver, make_huey
@@ -288,8 +301,7 @@ def jobs_retry(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids 
 
 
 @jobs_app.command("discard")
-def jobs_discard(ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids from `jobs failed`.")] = None,
-                 all_: Annotated[bool, typer.Option("--all", help="Every failed job.")] = False,
+def jobs_discard(ids: JobIds = None, all_: AllFailed = False,
                  db: Db = None, as_json: AsJson = False):
     """Drop failed jobs from the failed list (their records stay stored)."""
     try:
@@ -305,9 +317,9 @@ def jobs_discard(ids: Annotated[Optional[list[str]], typer.Argument(help="Job id
 def stats(
     user: Annotated[Optional[str], typer.Option(help="Only this user (default: everyone).")] = None,
     date: Annotated[Optional[str], typer.Option(help="Last day, YYYY-MM-DD (default: today).")] = None,
-    days: Annotated[int, typer.Option(help="Number of days ending at --date.", min=1)] = 1,
+    days: Annotated[int, typer.Option(help="Number of days ending at --date.", min=1, max=36500)] = 1,
     by: Annotated[str, typer.Option(help="host or site.")] = "host",
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
+    limit: Annotated[int, typer.Option(help="At most this many rows.", min=1, max=1_000_000)] = 50,
     db: Db = None, as_json: AsJson = False,
 ):
     """Time per host (or site) from the processed rollups, with totals."""
@@ -321,6 +333,8 @@ def stats(
         first, last = S.day_range(last, days)
     except ValueError:
         fail(f"--date must be YYYY-MM-DD, got {last!r}", 2)
+    except OverflowError:
+        fail(f"--days {days} from {last} reaches before year 1", 2)
     if by not in ("host", "site"):
         fail("--by must be host or site", 2)
     user_id = None
@@ -333,7 +347,8 @@ def stats(
         print(json.dumps({"from": first, "to": last, "timezone": s.timezone, "by": by, "rows": rows}))
         return
     span = first if first == last else f"{first} to {last}"
-    console.print(display.stats_table(rows, f"{span} ({s.timezone})" + (f", {user}" if user else ""), by))
+    title = f"{span} ({s.timezone})" + (f", {user}" if user else "")
+    console.print(display.stats_table(rows, escape(title), by))
 
 
 # ---------------------------------------------------------------- demo
@@ -342,7 +357,8 @@ def stats(
 def demo(
     payloads: Annotated[Path, typer.Option(help="Folder of payload files.")] = Path("sample_payloads"),
     workdir: Annotated[Path, typer.Option(help="Where the demo database goes (emptied first).")] = Path(".demo"),
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 120.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.",
+                                           min=1, max=86400)] = 120.0,
 ):
     """Run everything end to end on a fresh database: server, worker, replay, summary."""
     from .demo import run_demo
@@ -362,7 +378,8 @@ def main():
     try:
         app(prog_name="pagesync")
     except (SettingsError, sqlite3.Error, store.StorageBusy, RedisError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", markup=True,
+                  highlight=False)
         sys.exit(1)
 
 

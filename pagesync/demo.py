@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import display, procs, replay, stats, store
 from .config import Settings
@@ -18,11 +20,11 @@ from .monitor import task_counts
 def run_demo(payloads: Path, workdir: Path, timeout: float, console: Console) -> int:
     files = sorted(payloads.glob("*.json"))
     if not files:
-        console.print(f"[red]no payload files in {payloads}[/]")
+        console.print(f"[red]no payload files in {escape(str(payloads))}[/]")
         return 2
     marker = workdir / ".pagesync-demo"
     if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
-        console.print(f"[red]{workdir} is not empty and is not a previous demo folder: "
+        console.print(f"[red]{escape(str(workdir))} is not empty and is not a previous demo folder: "
                       "choose another --workdir (the demo empties it)[/]")
         return 2
     shutil.rmtree(workdir, ignore_errors=True)
@@ -34,7 +36,7 @@ def run_demo(payloads: Path, workdir: Path, timeout: float, console: Console) ->
     token = store.create_token(conn, "demo")
     port = procs.free_port()
     console.rule("[bold]pagesync demo")
-    console.print(f"database {settings.db}, queue {settings.describe_queue()}")
+    console.print(f"database {escape(settings.db)}, queue {escape(settings.describe_queue())}")
     server = procs.start_server(settings, port, workdir / "serve.log", ["--dev"])
     worker = procs.start_worker(settings, 2, "thread", workdir / "worker.log")
     console.print(f"server on http://127.0.0.1:{port} (pid {server.pid}), worker pid {worker.pid}")
@@ -55,7 +57,7 @@ def run_demo(payloads: Path, workdir: Path, timeout: float, console: Console) ->
     console.print(f"[bold {'green' if ok else 'red'}]demo {'passed' if ok else 'FAILED'}[/]: "
                   f"{result.stored} records stored, {len(result.rejected)} rejected, "
                   f"jobs {'all processed' if drained else 'NOT drained'}, "
-                  f"rollups {'exact' if exact else 'WRONG'}. Logs in {workdir}/.")
+                  f"rollups {'exact' if exact else 'WRONG'}. Logs in {escape(str(workdir))}/.")
     return 0 if ok else 1
 
 
@@ -89,10 +91,10 @@ def summary(conn, settings: Settings, port: int) -> Group:
     day_span = conn.execute("SELECT MIN(day), MAX(day) FROM rollups").fetchone()
     top = stats.figures(conn, None, day_span[0] or "2000-01-01", day_span[1] or "2000-01-01")[:8]
     where = Table(show_header=False, title="Where things are")
-    where.add_row("database", settings.db)
-    where.add_row("queue", settings.describe_queue())
-    where.add_row("dashboard", f"http://127.0.0.1:{port}/jobs (stopped with the demo; run "
-                  f"`pagesync serve --dev --db {settings.db}` to browse it)")
+    where.add_row("database", Text(settings.db))
+    where.add_row("queue", Text(settings.describe_queue()))
+    where.add_row("dashboard", Text(f"http://127.0.0.1:{port}/jobs (stopped with the demo; run "
+                                    f"`pagesync serve --dev --db {settings.db}` to browse it)"))
     where.add_row("tab aggregates linked", f"{linked[0]} of {linked[1]}")
     return Group(stored, jobs, display.stats_table(top, f"Top hosts, {day_span[0]} to {day_span[1]}",
                                                    "host", show_site=False), where)

@@ -71,7 +71,7 @@ def workers_table(snap: dict) -> Table:
         table.add_column(col)
     for w in snap["workers"]:
         style = {"alive": "green", "lost": "red"}.get(w["state"], "dim")
-        table.add_row(w["name"], str(w["pid"]), f"{w['concurrency']} {w['kind']}",
+        table.add_row(Text(w["name"]), str(w["pid"]), Text(f"{w['concurrency']} {w['kind']}"),
                       Text(w["queue"] or ""),
                       Text(w["state"], style=style), f"{w['last_seen_seconds_ago']:.0f}s ago")
     if not snap["workers"]:
@@ -87,7 +87,7 @@ def in_flight_table(snap: dict) -> Table | None:
         table.add_column(col)
     for j in snap["in_flight"][:10]:
         table.add_row(j["task"], Text(j["record_id"]), str(j["attempts"]), f"{j['age_seconds']:.1f}s",
-                      j["worker"] or "")
+                      Text(j["worker"] or ""))
     return table
 
 
@@ -126,7 +126,7 @@ def replay_summary(result) -> Group:
         for col in ("file", "records", "status", "error"):
             fails.add_column(col)
         for f in result.failures:
-            fails.add_row(f["file"], str(f["records"]), str(f["status"] or "-"), Text(f["error"]))
+            fails.add_row(Text(f["file"]), str(f["records"]), str(f["status"] or "-"), Text(f["error"]))
         parts.append(fails)
     return Group(*parts)
 
@@ -141,7 +141,7 @@ def rejected_table(rejected: list) -> Table:
             record = Text(f"{r['type']} #{r['index']} {r['id'] or '(no id)'}")
             if r.get("file"):
                 record.append(f"\n{r['file']}", style="dim")
-            table.add_row(record, e["field"], Text(short(e["message"])))
+            table.add_row(record, Text(e["field"]), Text(short(e["message"])))
     return table
 
 

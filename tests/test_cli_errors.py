@@ -48,3 +48,28 @@ def test_replay_stops_soon_when_the_server_is_unreachable():
     assert time.monotonic() - start < 20
     assert "not sent: the server was unreachable" in res.stdout
     assert run("replay", str(SAMPLES), "--url", "notaurl", "--token", "x").returncode == 2
+
+
+def test_numeric_options_out_of_range_are_refused(tmp_path):
+    db = str(tmp_path / "p.db")
+    assert run("token", "create", "x", "--db", db).returncode == 0
+    cases = [
+        (["stats", "--days", "100000000"], "--days"), (["stats", "--days", "0"], "--days"),
+        (["stats", "--limit", "-5"], "--limit"), (["stats", "--limit", "0"], "--limit"),
+        (["jobs", "failed", "--limit", "-1"], "--limit"),
+        (["jobs", "failed", "--limit", "100000000000000000000"], "--limit"),
+        (["watch", "--once", "--interval", "1e400"], "--interval"),
+        (["watch", "--once", "--interval", "nan"], "--interval"),
+    ]
+    for args, option in cases:
+        res = run(*args, "--db", db)
+        assert res.returncode == 2, (args, res.returncode, res.stdout, res.stderr)
+        assert f"Invalid value for '{option}'" in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    for args, option in [(["replay", db, "--token", "x", "--retries", "-1"], "--retries"),
+                         (["replay", db, "--token", "x", "--concurrency", "1000"], "--concurrency"),
+                         (["demo", "--timeout", "-3", "--payloads", str(tmp_path)], "--timeout")]:
+        res = run(*args)
+        assert res.returncode == 2 and f"Invalid value for '{option}'" in res.stderr, (args, res.stderr)
+    res = run("stats", "--db", db, "--date", "0001-01-02", "--days", "5")
+    assert res.returncode == 2 and "reaches before year 1" in res.stderr and "Traceback" not in res.stderr

@@ -71,7 +71,7 @@ def fail(message: str, code: int = 1):
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     db: Db = None, queue: Queue = None,
     threads: Annotated[int, typer.Option(help="Request-handling threads.")] = 16,
     dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "

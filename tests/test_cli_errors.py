@@ -48,3 +48,14 @@ def test_replay_stops_soon_when_the_server_is_unreachable():
     assert time.monotonic() - start < 20
     assert "not sent: the server was unreachable" in res.stdout
     assert run("replay", str(SAMPLES), "--url", "notaurl", "--token", "x").returncode == 2
+
+
+def test_serve_refuses_a_port_out_of_range(tmp_path):
+    db = str(tmp_path / "p.db")
+    for args in (["--port", "99999"], ["--port", "0"], ["--port", "99999", "--processes", "2"],
+                 ["--port", "0", "--processes", "2"]):
+        res = run("serve", "--db", db, *args, timeout=30)
+        assert res.returncode == 2, (args, res.returncode, res.stderr)
+        assert "Invalid value for '--port'" in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr and "serving on" not in res.stderr
+

@@ -88,9 +88,12 @@ def serve(
     setup_logging(log_level.upper())
     s = settings(db, queue, dev=True if dev else None)
     if processes > 1:
-        from .multiserve import run_many
+        from .multiserve import CannotServe, run_many
 
-        raise typer.Exit(run_many(s, host, port, threads, processes, log_level.upper()))
+        try:
+            raise typer.Exit(run_many(s, host, port, threads, processes, log_level.upper()))
+        except CannotServe as exc:  # port taken, children that cannot start: one line
+            fail(str(exc))
     run(s, host, port, threads, reuse_port)
 
 

@@ -4,12 +4,18 @@ Each child is a plain `pagesync serve` that binds the port with SO_REUSEPORT, so
 kernel spreads connections over the processes (N cores for the request path instead of
 one GIL). The parent only supervises: it restarts a child that dies and, on SIGTERM or
 SIGINT, stops them all gracefully. The children share the SQLite database: writers wait
-for each other inside (busy timeout), and only past that answer 503 with Retry-After."""
+for each other inside (busy timeout), and only past that answer 503 with Retry-After.
+
+SO_REUSEPORT would just as well let the children join another server already on the port
+(another `serve --processes` on another database: the kernel would split the syncs between
+two databases), so the parent first checks that the port is free."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,14 +29,36 @@ from .worker import die_with_parent
 log = logging.getLogger("pagesync.multiserve")
 
 
+class CannotServe(Exception):
+    """Why the servers cannot run: shown to the user as one line."""
+
+
 def child_args(host: str, port: int, threads: int, log_level: str) -> list[str]:
     return [sys.executable, "-m", "pagesync", "serve", "--host", host, "--port", str(port),
             "--threads", str(threads), "--log-level", log_level, "--reuse-port"]
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that another server listens on: a plain bind (no SO_REUSEPORT) fails
+    on any listener, SO_REUSEPORT ones included. SO_REUSEADDR, as the children's own bind,
+    only lets it pass connections left in TIME_WAIT by a server that just stopped."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotServe(f"port {port} on {host} is in use") from None
+        raise CannotServe(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
 def run_many(settings: Settings, host: str, port: int, threads: int, processes: int,
              log_level: str = "INFO") -> int:
-    """Start `processes` servers on host:port, keep them running until SIGTERM/SIGINT."""
+    """Start `processes` servers on host:port, keep them running until SIGTERM/SIGINT.
+    Raises CannotServe when the port is taken."""
+    check_port(host, port)
     store.init_db(settings.db)  # once, before the children race to create the schema
     args = child_args(host, port, threads, log_level)
     env = procs.child_env(settings)
@@ -53,12 +81,17 @@ def run_many(settings: Settings, host: str, port: int, threads: int, processes: 
                             child.returncode)
                 time.sleep(0.5)
                 children[i] = start()
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(settings.shutdown_timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
+    stop_all(children, settings.shutdown_timeout)
     return 0
+
+
+def stop_all(children: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM to every child still running, then wait for each (kill past the timeout)."""
+    for proc in children:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in children:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -8,7 +8,8 @@ for each other inside (busy timeout), and only past that answer 503 with Retry-A
 
 SO_REUSEPORT would just as well let the children join another server already on the port
 (another `serve --processes` on another database: the kernel would split the syncs between
-two databases), so the parent first checks that the port is free."""
+two databases), so the parent first checks that the port is free. A child that cannot
+start is not restarted forever: past a few quick deaths in a row the parent gives up."""
 from __future__ import annotations
 
 import errno
@@ -27,6 +28,8 @@ from .config import Settings
 from .worker import die_with_parent
 
 log = logging.getLogger("pagesync.multiserve")
+QUICK_EXIT = 5.0  # a child dead this soon after its start did not really start
+GIVE_UP_AFTER = 3  # quick deaths in a row of one child before the parent stops trying
 
 
 class CannotServe(Exception):
@@ -54,34 +57,53 @@ def check_port(host: str, port: int) -> None:
         raise CannotServe(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
+class Child:
+    """One server process, and how many times in a row its slot died right after start."""
+
+    def __init__(self, args: list[str], env: dict, quick_exits: int = 0):
+        # it dies with this parent (kill -9 included): no orphan keeps the port
+        self.proc = subprocess.Popen(args, env=env, preexec_fn=partial(die_with_parent, os.getpid()))
+        self.started = time.monotonic()
+        self.quick_exits = quick_exits
+
+    def replace(self, args: list[str], env: dict) -> Child:
+        """Start another in its place, unless it keeps dying right after start (port taken
+        since the check, a setting only the child trips on): then restarting cannot help."""
+        quick = time.monotonic() - self.started < QUICK_EXIT
+        quick_exits = self.quick_exits + 1 if quick else 0
+        if quick_exits >= GIVE_UP_AFTER:
+            raise CannotServe("server processes keep exiting at start "
+                              f"(exit code {self.proc.returncode}); giving up")
+        log.warning("server process %d exited with %s; starting another", self.proc.pid,
+                    self.proc.returncode)
+        time.sleep(0.5)
+        return Child(args, env, quick_exits)
+
+
 def run_many(settings: Settings, host: str, port: int, threads: int, processes: int,
              log_level: str = "INFO") -> int:
     """Start `processes` servers on host:port, keep them running until SIGTERM/SIGINT.
-    Raises CannotServe when the port is taken."""
+    Raises CannotServe when the port is taken or the children cannot start."""
     check_port(host, port)
     store.init_db(settings.db)  # once, before the children race to create the schema
     args = child_args(host, port, threads, log_level)
     env = procs.child_env(settings)
     stopping = threading.Event()
 
-    def start():  # a child dies with this parent (kill -9 included): no orphan keeps the port
-        return subprocess.Popen(args, env=env, preexec_fn=partial(die_with_parent, os.getpid()))
-
     def on_signal(signum, frame):
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children = [start() for _ in range(processes)]
+    children = [Child(args, env) for _ in range(processes)]
     log.info("pagesync serving on http://%s:%d with %d processes", host, port, processes)
-    while not stopping.wait(0.5):
-        for i, child in enumerate(children):
-            if child.poll() is not None:
-                log.warning("server process %d exited with %s; starting another", child.pid,
-                            child.returncode)
-                time.sleep(0.5)
-                children[i] = start()
-    stop_all(children, settings.shutdown_timeout)
+    try:
+        while not stopping.wait(0.5):
+            for i, child in enumerate(children):
+                if child.proc.poll() is not None:
+                    children[i] = child.replace(args, env)
+    finally:
+        stop_all([c.proc for c in children], settings.shutdown_timeout)
     return 0
 
 

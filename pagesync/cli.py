@@ -75,7 +75,7 @@ def fail(message: str, code: int = 1):
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     db: Db = None, queue: Queue = None,
     threads: Annotated[int, typer.Option(help="Request-handling threads.", min=1, max=1024)] = 16,
     dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "
@@ -92,9 +92,12 @@ def serve(
     setup_logging(log_level.upper())
     s = settings(db, queue, dev=True if dev else None)
     if processes > 1:
-        from .multiserve import run_many
+        from .multiserve import CannotServe, run_many
 
-        raise typer.Exit(run_many(s, host, port, threads, processes, log_level.upper()))
+        try:
+            raise typer.Exit(run_many(s, host, port, threads, processes, log_level.upper()))
+        except CannotServe as exc:  # port taken, children that cannot start: one line
+            fail(str(exc))
     run(s, host, port, threads, reuse_port)
 
 

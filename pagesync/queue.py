@@ -153,37 +153,73 @@ def _call(fn, *args):
     return fn(*args)
 
 
-def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = None,
-             limit: int = 5000) -> list:
-    """Jobs whose processing is due and whose message must be lost. A job running for
-    longer than `lost_after` counts as lost even if its worker still beats: with process
-    workers only the child running it may have died (OOM killer), not the heartbeating
-    parent. Running it again is harmless (processing is idempotent)."""
-    now = now or time.time()
-    dead_worker_before = now - 3 * settings.worker_heartbeat - 1
-    sql = """
-    SELECT j.task, j.user_id, j.record_id, j.revision FROM jobs j
-    LEFT JOIN workers w ON w.name = j.worker
+DUE = """
+    FROM jobs j LEFT JOIN workers w ON w.name = j.worker
     WHERE (j.state = 'pending' AND j.created_at < :pending_before)
        OR (j.state = 'queued' AND (j.enqueued_at < :lost_before
                                    OR (:queue_empty AND j.enqueued_at < :pending_before)))
        OR (j.state = 'running' AND (w.name IS NULL OR w.last_seen < :dead_before
                                     OR w.state = 'stopped' OR j.started_at < :lost_before))
        OR (j.state = 'retrying' AND j.next_attempt_at < :retry_before)
-    LIMIT :limit
-    """
-    rows = conn.execute(sql, {
+"""
+RECONCILE_CHUNK = 5000
+RECONCILE_BUDGET = 300.0  # seconds one pass may take before it leaves the rest to the next
+
+
+def due_params(settings: Settings, queue_empty: bool, now: float) -> dict:
+    return {
         "pending_before": now - 5, "lost_before": now - settings.lost_after,
-        "queue_empty": 1 if queue_empty else 0, "dead_before": dead_worker_before,
-        "retry_before": now - max(settings.lost_after, 30), "limit": limit,
-    }).fetchall()
+        "queue_empty": 1 if queue_empty else 0,
+        "dead_before": now - 3 * settings.worker_heartbeat - 1,
+        "retry_before": now - max(settings.lost_after, 30),
+    }
+
+
+def due_jobs(conn, settings: Settings, queue_empty: bool, now: float | None = None,
+             limit: int = RECONCILE_CHUNK) -> list:
+    """Jobs whose processing is due and whose message must be lost. A job running for
+    longer than `lost_after` counts as lost even if its worker still beats: with process
+    workers only the child running it may have died (OOM killer), not the heartbeating
+    parent. Running it again is harmless (processing is idempotent)."""
+    params = due_params(settings, queue_empty, now or time.time())
+    rows = conn.execute(f"SELECT j.task, j.user_id, j.record_id, j.revision {DUE} LIMIT :limit",
+                        {**params, "limit": limit}).fetchall()
     return [(r["task"], r["user_id"], r["record_id"], r["revision"]) for r in rows]
 
 
-def reconcile(conn, huey, settings: Settings) -> int:
-    """Enqueue again every job that is due and not on its way. Returns how many."""
+def count_due(conn, settings: Settings, queue_empty: bool, now: float) -> int:
+    params = due_params(settings, queue_empty, now)
+    return conn.execute(f"SELECT COUNT(*) {DUE}", params).fetchone()[0]
+
+
+def reconcile(conn, huey, settings: Settings, limit: int = RECONCILE_CHUNK,
+              budget: float = RECONCILE_BUDGET, keep_going=None) -> int:
+    """Enqueue again every job that is due and not on its way. Returns how many.
+
+    In chunks of `limit` until none is left: after a long queue outage the worker gets
+    every lost job now, not one chunk per PAGESYNC_RECONCILE_INTERVAL. A chunk's jobs are
+    not due again (enqueued_at is now), and every chunk is judged as of the pass's start
+    (when the queue was seen empty). `keep_going()` runs after each chunk (the supervisor
+    beats in it); the pass stops when it returns False (shutting down) or past `budget` s."""
+    start, clock = time.time(), time.monotonic()
     empty = queue_depth(huey) == 0 and scheduled_depth(huey) == 0
-    jobs = due_jobs(conn, settings, empty)
+    total = 0
+    while True:
+        done = reconcile_chunk(conn, huey, due_jobs(conn, settings, empty, start, limit))
+        total += done
+        if done < limit or (keep_going and not keep_going()):
+            break
+        if time.monotonic() - clock > budget:
+            log.warning("reconciler stopped after %.0f s; %d due jobs left for its next pass",
+                        budget, count_due(conn, settings, empty, start))
+            break
+    if total:
+        log.info("reconciler re-enqueued %d jobs", total)
+    return total
+
+
+def reconcile_chunk(conn, huey, jobs: list) -> int:
+    """Enqueue `jobs` and mark them queued as of now."""
     if not jobs:
         return 0
     enqueue_jobs(huey, jobs)
@@ -193,5 +229,4 @@ def reconcile(conn, huey, settings: Settings) -> int:
             "UPDATE jobs SET state = 'queued', enqueued_at = ? WHERE task = ? AND user_id = ? "
             "AND record_id = ? AND revision = ? AND state NOT IN ('done', 'failed', 'discarded')",
             [(now, *job) for job in jobs])
-    log.info("reconciler re-enqueued %d jobs", len(jobs))
     return len(jobs)

@@ -115,9 +115,9 @@ class Supervisor(BaseProcess):
 
     def loop(self, now=None) -> None:
         try:
-            beat(self.conn, self.settings, self.name_, self.pid, self.workers, self.kind, "running")
+            self.beat()
             if time.monotonic() >= self.next_reconcile:
-                reconcile(self.conn, self.queue, self.settings)
+                reconcile(self.conn, self.queue, self.settings, keep_going=self.between_chunks)
                 self.next_reconcile = time.monotonic() + self.settings.reconcile_interval
             if time.monotonic() >= self.next_prune:
                 prune(self.conn, self.settings)
@@ -125,6 +125,15 @@ class Supervisor(BaseProcess):
         except Exception:
             self._logger.exception("supervisor round failed; trying again")
         self.stop_flag.wait(self.settings.worker_heartbeat)
+
+    def beat(self) -> None:
+        beat(self.conn, self.settings, self.name_, self.pid, self.workers, self.kind, "running")
+
+    def between_chunks(self) -> bool:
+        """A long reconcile pass (many jobs lost in an outage) beats as it goes, so this
+        worker does not look dead to the other consumers, and ends when the worker stops."""
+        self.beat()
+        return not self.stop_flag.is_set()
 
     def shutdown(self) -> None:
         if self.conn is not None:

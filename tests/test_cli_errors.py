@@ -73,3 +73,25 @@ def test_numeric_options_out_of_range_are_refused(tmp_path):
         assert res.returncode == 2 and f"Invalid value for '{option}'" in res.stderr, (args, res.stderr)
     res = run("stats", "--db", db, "--date", "0001-01-02", "--days", "5")
     assert res.returncode == 2 and "reaches before year 1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_serve_refuses_a_port_out_of_range(tmp_path):
+    db = str(tmp_path / "p.db")
+    for args in (["--port", "99999"], ["--port", "0"], ["--port", "99999", "--processes", "2"],
+                 ["--port", "0", "--processes", "2"]):
+        res = run("serve", "--db", db, *args, timeout=30)
+        assert res.returncode == 2, (args, res.returncode, res.stderr)
+        assert "Invalid value for '--port'" in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr and "serving on" not in res.stderr
+
+
+def test_serve_processes_refuses_a_port_in_use(stack, tmp_path):
+    """A plain `pagesync serve` holds the port: the children would only fail to bind,
+    restarted forever. One line instead, at once."""
+    start = time.monotonic()
+    res = run("serve", "--db", str(tmp_path / "other.db"), "--processes", "2",
+              "--port", str(stack.port), timeout=30)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == f"error: port {stack.port} on 127.0.0.1 is in use"
+    assert time.monotonic() - start < 15
+    assert stack.server.poll() is None

@@ -3,6 +3,8 @@ processes sharing the port via SO_REUSEPORT, one SQLite database), many concurre
 every answer is 200 (or 503 with Retry-After, never "database is locked" or a 500), and
 every record is stored, and enqueued, exactly once."""
 import json
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +12,8 @@ import psutil
 import requests
 
 from bench import payloads
+from pagesync import procs
+from pagesync.config import Settings
 
 from .helpers import row_count
 
@@ -72,3 +76,55 @@ def test_processes_share_the_load_and_stop_together(stack_factory):
     st.stop()
     assert server.returncode == 0
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_a_second_server_cannot_share_the_port(stack_factory, tmp_path):
+    """SO_REUSEPORT would let a second `serve --processes` on another database join the
+    port (the kernel splitting the syncs between two databases): it is refused."""
+    st = stack_factory()
+    server = st.start_server(args=["--processes", "2"])
+    res = subprocess.run([sys.executable, "-m", "pagesync", "serve", "--processes", "2",
+                          "--port", str(st.port), "--db", str(tmp_path / "other.db")],
+                         capture_output=True, text=True, timeout=30,
+                         env=procs.child_env(st.settings))
+    assert res.returncode == 1, res.stderr
+    assert f"port {st.port} on 127.0.0.1 is in use" in res.stderr
+    assert server.poll() is None and len(server_processes(server)) == 2
+    token = st.token()  # known to the first server's database only
+    body = json.dumps({"pageVisits": [], "tabAggregates": []}).encode()
+    for _ in range(20):  # fresh connections: every one reaches the first server
+        assert post_until_stored(st.url, token, body, [])["success"]
+
+
+# A child that exits at once (3), except the first one started, which stays up.
+CHILD = """import os, sys, time
+try:
+    fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+except FileExistsError:
+    sys.exit(3)
+os.write(fd, str(os.getpid()).encode())
+time.sleep(600)
+"""
+# `pagesync serve` whose children are CHILD instead of real servers.
+PARENT = """import sys
+from pagesync import cli, multiserve
+multiserve.child_args = lambda *a: [sys.executable, "-c", {child!r}, {marker!r}]
+cli.main()
+"""
+
+
+def test_children_that_cannot_start_are_not_restarted_forever(tmp_path):
+    marker = tmp_path / "survivor.pid"
+    parent = PARENT.format(child=CHILD, marker=str(marker))
+    env = procs.child_env(Settings(db=str(tmp_path / "p.db")))
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", parent, "serve", "--processes", "2", "--port",
+                          str(procs.free_port())], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.count("exited with 3; starting another") == 2  # then the 3rd: enough
+    assert res.stderr.splitlines()[-1] == ("error: server processes keep exiting at start "
+                                           "(exit code 3); giving up")
+    assert "Traceback" not in res.stderr
+    assert time.monotonic() - start < 30
+    assert not psutil.pid_exists(int(marker.read_text()))  # the one still up was stopped

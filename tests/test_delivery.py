@@ -15,7 +15,8 @@ import pytest
 import redis
 import requests
 
-from pagesync import procs, stats
+from pagesync import procs, queue, stats, store
+from pagesync.config import Settings
 from pagesync.queue import make_huey
 
 from .helpers import need, reference, row_count, wait_for
@@ -406,6 +407,40 @@ def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory
         assert worker.poll() is None
     finally:
         server.stop()
+
+
+def lost_jobs(conn, prefix: str, n: int, created_at: float) -> None:
+    """n pending jobs as a sync leaves them while the queue is away."""
+    with store.transaction(conn):
+        conn.executemany(
+            "INSERT INTO jobs (task, user_id, record_id, revision, state, created_at) "
+            "VALUES (?, 1, ?, 1, 'pending', ?)",
+            [(store.TASK_VISIT, f"{prefix}_{i}", created_at) for i in range(n)])
+
+
+def test_one_reconcile_pass_delivers_every_lost_job(tmp_path, queue_url, caplog):
+    """After a long outage the worker gets every lost job from one pass (chunk after
+    chunk), not one chunk per PAGESYNC_RECONCILE_INTERVAL."""
+    settings = Settings(db=str(tmp_path / "r.db"), queue=queue_url)
+    store.init_db(settings.db)
+    conn, huey = store.connect(settings.db), make_huey(settings)
+    lost_jobs(conn, "lost", 35, time.time() - 600)
+    lost_jobs(conn, "fresh", 2, time.time())  # pending under 5 s: its own enqueue may come
+    assert queue.reconcile(conn, huey, settings, limit=10) == 35
+    assert queue.queue_depth(huey) == 35
+    counts = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+    assert {r[0]: r[1] for r in counts} == {"queued": 35, "pending": 2}
+    assert queue.reconcile(conn, huey, settings, limit=10) == 0  # on their way: not due again
+
+    # bounded: past its time budget, or when the worker stops, a pass leaves the rest
+    lost_jobs(conn, "late", 25, time.time() - 600)
+    with caplog.at_level("WARNING", logger="pagesync.queue"):
+        assert queue.reconcile(conn, huey, settings, limit=10, budget=0) == 10
+    assert "15 due jobs left for its next pass" in caplog.text
+    assert queue.reconcile(conn, huey, settings, limit=10, keep_going=lambda: False) == 10
+    assert queue.reconcile(conn, huey, settings, limit=10) == 5
+    assert queue.queue_depth(huey) == 60
+    huey.flush()
 
 
 # ---------------------------------------------------------------- bounded growth

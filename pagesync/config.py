@@ -1,5 +1,5 @@
 """Settings shared by every command: flags override PAGESYNC_* environment variables,
-which override the embedded defaults (one SQLite file, SQLite queue beside it)."""
+which override the embedded defaults (one SQLite file holding the records and the queue)."""
 from __future__ import annotations
 
 import os
@@ -14,8 +14,8 @@ ENV_PREFIX = "PAGESYNC_"
 @dataclass(frozen=True)
 class Settings:
     db: str = "pagesync.db"
-    # "sqlite" (a queue file beside the database), "sqlite:///path/queue.db",
-    # or "redis://host:port/db".
+    # "sqlite" (the queue's tables inside the database file), "sqlite:///path/queue.db"
+    # (a separate file), or "redis://host:port/db".
     queue: str = "sqlite"
     timezone: str = "UTC"
     # Limits on what a client may send (README "Limits and security").
@@ -72,11 +72,18 @@ class Settings:
 
     @property
     def queue_path(self) -> str:
-        """File of the SQLite queue: explicit, or `<db>-queue.db` beside the database."""
+        """File of the SQLite queue: explicit, or the database file itself."""
         if self.queue.startswith("sqlite:///"):
             return self.queue[len("sqlite:///"):]
-        p = Path(self.db)
-        return str(p.with_name(p.stem + "-queue" + (p.suffix or ".db")))
+        return self.db
+
+    @property
+    def queue_in_db(self) -> bool:
+        """The SQLite queue lives in the database file: a batch's job messages are
+        written in the batch's own transaction (committed together or not at all)."""
+        if self.queue_kind != "sqlite" or self.db == ":memory:":
+            return False
+        return Path(self.queue_path).resolve() == Path(self.db).resolve()
 
     def payload_limits(self):
         from .body import Limits

@@ -318,18 +318,21 @@ ON CONFLICT (user_id, id) DO UPDATE SET tab_id = excluded.tab_id, client_id = ex
     updated_at = excluded.updated_at
 """
 JOB_UPSERT = """
-INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at)
-VALUES (?, ?, ?, ?, 'pending', 0, ?)
+INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, enqueued_at)
+VALUES (?, ?, ?, ?, ?, 0, ?, ?)
 ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revision,
-    state = 'pending', attempts = 0, created_at = excluded.created_at, enqueued_at = NULL,
-    next_attempt_at = NULL, error = NULL, traceback = NULL
+    state = excluded.state, attempts = 0, created_at = excluded.created_at,
+    enqueued_at = excluded.enqueued_at, next_attempt_at = NULL, error = NULL, traceback = NULL
 """
 
 
 def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
-               fault: str = "") -> dict:
+               outbox=None) -> dict:
     """Write an accepted batch in one transaction: all of it or none of it. Returns the
-    sync summary and the jobs to enqueue ([(task, user_id, record_id, revision)])."""
+    sync summary and its jobs ([(task, user_id, record_id, revision)]). With `outbox`
+    (queue.outbox: the queue lives in this database), the jobs' messages are written in
+    the same transaction and the jobs are 'queued'; without, they are 'pending' until the
+    caller has handed them to the queue."""
     now = time.time()
     sync_id = "sync_" + uuid.uuid4().hex[:16]
     with transaction(conn):
@@ -343,7 +346,10 @@ def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
              m.get("page_visit_id"), data, digest, rev, now, now) for m, data, digest, rev in aggs])
         jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, _, rev in visits]
         jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, _, rev in aggs]
-        conn.executemany(JOB_UPSERT, [(*job, now) for job in jobs])
+        state, enqueued_at = ("queued", now) if outbox else ("pending", None)
+        conn.executemany(JOB_UPSERT, [(*job, state, now, enqueued_at) for job in jobs])
+        if outbox:
+            outbox(conn, jobs)
         conn.execute(
             "INSERT INTO syncs (id, user_id, received_at, visits, aggregates, rejected, warnings, "
             "jobs, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -17,7 +17,7 @@ import bottle
 from . import dashboard, metrics, payload, processing, stats, store
 from .body import PayloadError, decode_body
 from .config import Settings
-from .queue import deliver, make_huey, queue_depth
+from .queue import deliver, make_huey, outbox, queue_depth
 
 log = logging.getLogger("pagesync.web")
 
@@ -105,6 +105,9 @@ class App:
         # instead of polling SQLite's busy handler; processes still wait on SQLite's lock.
         self.write_lock = threading.Lock()
         self.huey = make_huey(settings)
+        # The embedded default: job messages commit with their batch (the naive bench
+        # baseline enqueues one by one after the commit instead).
+        self.outbox = outbox(self.huey, settings) if settings.enqueue_mode != "naive" else None
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     def authenticate(self) -> dict:
@@ -178,11 +181,13 @@ class App:
                            [e for r in batch.rejected for e in r["errors"]][:100],
                            data={"page_visits_synced": 0, "tab_aggregates_synced": 0,
                                  "jobs_enqueued": 0, **report})
-        saved = self.write(store.save_batch, self.pool.get(), user["id"], batch, batch.client)
+        saved = self.write(store.save_batch, self.pool.get(), user["id"], batch, batch.client,
+                           self.outbox)
         if self.settings.fault == "exit-after-commit":
             os._exit(3)  # test-only: the server dies between commit and enqueue
-        deliver(self.light_pool.get(), self.huey, saved["jobs"], self.settings.enqueue_mode,
-                write=self.write)
+        if self.outbox is None:
+            deliver(self.light_pool.get(), self.huey, saved["jobs"], self.settings.enqueue_mode,
+                    write=self.write)
         nv, na = len(batch.visits), len(batch.aggregates)
         message = f"Synced {nv} page visits and {na} tab aggregates"
         if batch.rejected:

@@ -100,8 +100,21 @@ def failed_list(st) -> list:
 
 # ---------------------------------------------------------------- server dies after commit
 
-def test_server_killed_between_commit_and_enqueue_loses_nothing(stack_factory, queue_url):
-    st = stack_factory(queue_url, **FAST)
+@pytest.fixture(params=["sqlite", "sqlite-file", "redis"])
+def any_queue(request, tmp_path):
+    """The three queue layouts: SQLite inside the database (the default), SQLite in a
+    separate file, Redis."""
+    if request.param == "sqlite-file":
+        return "sqlite:///" + str(tmp_path / "queue.db")
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        redis.Redis.from_url(server.url).flushdb()
+        return server.url
+    return "sqlite"
+
+
+def test_server_killed_between_commit_and_enqueue_loses_nothing(stack_factory, any_queue):
+    st = stack_factory(any_queue, **FAST)
     st.start_server(extra_env={"PAGESYNC_FAULT": "exit-after-commit"})
     token = st.token()
     visits, _ = both_payloads()
@@ -110,15 +123,36 @@ def test_server_killed_between_commit_and_enqueue_loses_nothing(stack_factory, q
     assert wait_exit(st.server, 10) == 3
     n = len(visits["pageVisits"])
     assert row_count(st.conn(), "page_visits") == n  # committed before the crash
-    assert states(st) == {"pending": n}  # ...but never handed to the queue
+    huey = make_huey(st.settings)
+    if st.settings.queue_in_db:
+        # the messages were committed with the batch: queued, nothing for the reconciler
+        assert states(st) == {"queued": n}
+        assert queue.queue_depth(huey) == n
+    else:
+        assert states(st) == {"pending": n}  # ...but never handed to the queue
+        assert queue.queue_depth(huey) == 0
     # The server comes back; the extension resends the batch: same rows, no new jobs.
     st.start_server()
     again = sync_ok(st, token, visits)
     assert again["jobs_enqueued"] == 0
-    assert states(st) == {"pending": n}
+    assert set(states(st)) == {"queued" if st.settings.queue_in_db else "pending"}
     st.start_worker()
     st.wait_drained(30)
     all_processed(st)
+    assert queue.queue_depth(huey) == 0
+
+
+def test_default_layout_is_one_database_file(stack_factory, tmp_path):
+    """The embedded default keeps records, job state and the queue in one SQLite file."""
+    st = stack_factory()
+    st.start_server()
+    sync_both(st, st.token())
+    st.start_worker()
+    st.wait_drained(30)
+    all_processed(st)
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["pagesync.db"]
+    tables = {r[0] for r in st.conn().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"page_visits", "jobs", "task", "schedule"} <= tables
 
 
 # ---------------------------------------------------------------- worker SIGKILLed mid-job

@@ -35,7 +35,7 @@ err = Console(stderr=True)
 Db = Annotated[Optional[str], typer.Option(
     "--db", help="SQLite database file \\[env: PAGESYNC_DB; default pagesync.db]")]
 Queue = Annotated[Optional[str], typer.Option(
-    "--queue", help="Queue: 'sqlite' (a file beside the database), sqlite:///FILE or "
+    "--queue", help="Queue: 'sqlite' (inside the database file), sqlite:///FILE or "
                     "redis://HOST:PORT/DB \\[env: PAGESYNC_QUEUE]")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.", metavar="")]
 

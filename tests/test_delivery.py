@@ -511,3 +511,18 @@ def test_the_log_of_syncs_is_pruned_when_a_worker_starts(stack_factory):
     assert ids() == [first, second]
     st.start_worker(extra_env={"PAGESYNC_SYNCS_KEEP": "1"})  # keep the last second only
     wait_for(lambda: ids() == [second], 15, "the older sync pruned")
+
+
+def test_database_from_the_two_file_layout_is_processed_after_upgrade(stack_factory, tmp_path):
+    """Jobs queued in a separate queue file (the earlier default, pagesync-queue.db) are
+    delivered again by the reconciler once the worker runs on the one-file default."""
+    old = stack_factory("sqlite:///" + str(tmp_path / "pagesync-queue.db"), **FAST)
+    old.start_server()
+    n = sync_both(old, old.token())
+    old.stop()
+    assert states(old) == {"queued": n}
+    new = stack_factory(**FAST)  # same database, the default queue inside it
+    assert new.settings.queue_in_db
+    new.start_worker()
+    new.wait_drained(40)
+    all_processed(new)

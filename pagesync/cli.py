@@ -224,14 +224,16 @@ def token_create(name: Annotated[str, typer.Argument(metavar="NAME", help="User 
 
 @token_app.command("list")
 def token_list(db: Db = None, as_json: AsJson = False):
-    """List tokens (prefixes only: tokens are stored hashed)."""
+    """List tokens (prefixes only: tokens are stored hashed), with when each last
+    stored a sync: a token never used, or not for months, is one to revoke."""
     rows = store.list_tokens(conn_for(settings(db), create=False))
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("user", "token", "created", "status")
+    table = Table("user", "token", "created", "last sync", "status")
     for r in rows:
-        table.add_row(Text(r["name"]), r["prefix"] + "…", fmt_time(r["created_at"]),
+        used = fmt_time(r["last_used_at"]) if r["last_used_at"] else "[dim]never[/]"
+        table.add_row(Text(r["name"]), r["prefix"] + "…", fmt_time(r["created_at"]), used,
                       "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]")
     console.print(table)
 

@@ -233,11 +233,11 @@ def user_for_token(conn, token: str) -> dict | None:
         return None
     digest = hash_token(token)
     row = conn.execute(
-        "SELECT t.token_hash, t.revoked_at, u.id, u.name FROM tokens t JOIN users u "
+        "SELECT t.id AS token_id, t.token_hash, t.revoked_at, u.id, u.name FROM tokens t JOIN users u "
         "ON u.id = t.user_id WHERE t.token_hash = ?", (digest,)).fetchone()
     if row is None or not hmac.compare_digest(row["token_hash"], digest) or row["revoked_at"]:
         return None
-    return {"id": row["id"], "name": row["name"]}
+    return {"id": row["id"], "name": row["name"], "token_id": row["token_id"]}
 
 
 def user_id_by_name(conn, name: str) -> int | None:
@@ -327,12 +327,13 @@ ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revisio
 
 
 def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
-               outbox=None) -> dict:
+               outbox=None, token_id: int | None = None) -> dict:
     """Write an accepted batch in one transaction: all of it or none of it. Returns the
     sync summary and its jobs ([(task, user_id, record_id, revision)]). With `outbox`
     (queue.outbox: the queue lives in this database), the jobs' messages are written in
     the same transaction and the jobs are 'queued'; without, they are 'pending' until the
-    caller has handed them to the queue."""
+    caller has handed them to the queue. `token_id`: the token that sent it, whose last
+    sync time is set."""
     now = time.time()
     sync_id = "sync_" + uuid.uuid4().hex[:16]
     with transaction(conn):
@@ -357,6 +358,8 @@ def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
              len(batch.warnings), len(jobs), json.dumps(client or {})))
         bump_counter(conn, "records_ingested", len(batch.visits) + len(batch.aggregates))
         bump_counter(conn, "records_rejected", len(batch.rejected))
+        if token_id is not None:
+            conn.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
     return {"sync_id": sync_id, "jobs": jobs}
 
 

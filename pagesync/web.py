@@ -182,7 +182,7 @@ class App:
                            data={"page_visits_synced": 0, "tab_aggregates_synced": 0,
                                  "jobs_enqueued": 0, **report})
         saved = self.write(store.save_batch, self.pool.get(), user["id"], batch, batch.client,
-                           self.outbox)
+                           self.outbox, user["token_id"])
         if self.settings.fault == "exit-after-commit":
             os._exit(3)  # test-only: the server dies between commit and enqueue
         if self.outbox is None:

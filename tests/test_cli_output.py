@@ -23,6 +23,7 @@ def test_token_commands_show_bracketed_names_literally(tmp_path):
     listed = cli("token", "list", "--db", db)
     assert listed.returncode == 0, listed.stderr
     assert "[/]" in listed.stdout and "[red]mallory" in listed.stdout
+    assert "last sync" in listed.stdout and listed.stdout.count("never") == 2
     revoked = cli("token", "revoke", "[/]", "--db", db)
     assert revoked.returncode == 0, revoked.stderr
     assert "Revoked 1 token(s) of [/]." in revoked.stdout

@@ -3,6 +3,7 @@ never logged, and revoking one takes effect at once. Real server and worker proc
 import copy
 import hashlib
 import json
+import time
 
 import requests
 
@@ -101,7 +102,14 @@ def test_tokens_are_hashed_never_logged_and_revoked_at_once(stack_factory):
     assert rows == [{"token_hash": hashlib.sha256(token.encode()).hexdigest(), "prefix": token[:10]}]
     dump = "\n".join(conn.iterdump())
     assert token not in dump
-    assert token not in st.cli("token", "list", "--json").stdout
+    listed = st.cli("token", "list", "--json").stdout
+    assert token not in listed
+    # the stored sync set the token's last sync time; the refused requests changed nothing
+    [alice] = json.loads(listed)
+    assert alice["last_used_at"] and alice["created_at"] <= alice["last_used_at"] <= time.time()
+    before = alice["last_used_at"]
+    assert st.sync(token, None, raw=b"not json").status_code == 400
+    assert json.loads(st.cli("token", "list", "--json").stdout)[0]["last_used_at"] == before
 
     # revoked: the very next request is refused, no restart, no cache
     st.cli("token", "revoke", "alice")

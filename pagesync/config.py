@@ -42,6 +42,7 @@ class Settings:
     dashboard_user: str = ""
     dashboard_password: str = ""
     secret: str = ""
+    metrics_token: str = ""  # when set, GET /metrics needs "Authorization: Bearer <it>"
     dev: bool = False
     fault: str = ""  # test-only fault switch, e.g. "exit-after-commit"
     # bench-only: "naive" enqueues the jobs of a batch one by one (one queue commit each),

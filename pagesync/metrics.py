@@ -5,6 +5,7 @@ the dashboard show, so they agree whichever server process answers. The request 
 histogram is per server process (measured by a Bottle plugin around every route)."""
 from __future__ import annotations
 
+import hmac
 import math
 import time
 
@@ -88,6 +89,12 @@ class LatencyPlugin:
         return timed
 
 
+def bearer_matches(header: str, expected: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
 def mount(app: bottle.Bottle, state) -> CollectorRegistry:
     """Add GET /metrics and the latency plugin to the app; returns the app's registry."""
     from .web import guarded
@@ -100,6 +107,15 @@ def mount(app: bottle.Bottle, state) -> CollectorRegistry:
         state.pool.get(), state.huey, state.settings.worker_heartbeat)))
 
     def metrics_page():
+        expected = state.settings.metrics_token
+        if expected and not bearer_matches(bottle.request.get_header("Authorization", ""),
+                                           expected):
+            resp = bottle.HTTPResponse(
+                status=401, body='{"success": false, "message": "/metrics needs '
+                                 'Authorization: Bearer <PAGESYNC_METRICS_TOKEN>"}')
+            resp.set_header("Content-Type", "application/json")
+            resp.set_header("WWW-Authenticate", 'Bearer realm="pagesync metrics"')
+            return resp
         resp = bottle.HTTPResponse(status=200, body=generate_latest(registry))
         resp.set_header("Content-Type", CONTENT_TYPE)
         return resp

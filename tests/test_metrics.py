@@ -91,3 +91,17 @@ def test_readyz_503_when_database_locked(stack):
     wait_for(lambda: requests.get(stack.url + "/readyz", timeout=10).status_code == 200, 15,
              "readyz to recover")
     assert store.counters(stack.conn()).get("readyz") == 0
+
+
+def test_metrics_token_guards_the_page(stack_factory):
+    st = stack_factory(metrics_token="s3cret-scrape")
+    st.start_server()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-scrape"},
+                    {"Authorization": "Bearer s3cret-scrape\u00e9".encode()}):
+        resp = requests.get(st.url + "/metrics", headers=headers, timeout=10)
+        assert resp.status_code == 401, headers
+        assert "PAGESYNC_METRICS_TOKEN" in resp.json()["message"]
+        assert "pagesync_queue_depth" not in resp.text
+    resp = requests.get(st.url + "/metrics", headers={"Authorization": "Bearer s3cret-scrape"},
+                        timeout=10)
+    assert resp.status_code == 200 and "pagesync_queue_depth" in resp.text

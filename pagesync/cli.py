@@ -27,8 +27,16 @@ token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_i
 jobs_app = typer.Typer(help="Inspect, retry and discard failed jobs.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
-console = Console()
-err = Console(stderr=True)
+
+
+def _width(stream) -> int | None:
+    """Rich's width: the terminal's; when piped or redirected (no terminal, no COLUMNS),
+    wide enough that tables keep whole hosts, ids and errors instead of Rich's 80."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 160
+
+
+console = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
 
 # Help texts are Rich markup: a literal "[" is written "\\[". Flags get metavar="": they take
 # no value, so --help shows no <bool> beside them.

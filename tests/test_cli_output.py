@@ -85,3 +85,17 @@ def test_help_shows_bracketed_parts_and_plain_metavars():
     assert "FILES" in usage("replay") and "files" not in usage("replay")
     assert "NAME" in usage("token", "create")
     assert "IDS" in usage("jobs", "retry")
+
+
+def test_piped_output_keeps_long_values_whole(tmp_path):
+    """Without a terminal (a pipe, a file) and without COLUMNS, tables are not squeezed to
+    80 columns: a long record id and error come out whole, ready for grep."""
+    db = bracketed_database(tmp_path)
+    long_id = "pv_1764547200000_" + "7" * 40
+    conn = store.connect(db)
+    conn.execute("UPDATE jobs SET record_id = ? WHERE state = 'failed'", (long_id,))
+    conn.commit()
+    for command in (("jobs", "failed"), ("watch", "--once")):
+        res = run(*command, "--db", db, env={"COLUMNS": ""})  # as if COLUMNS were unset
+        assert res.returncode == 0, res.stderr
+        assert long_id in res.stdout, (command, res.stdout)

@@ -57,6 +57,17 @@ def settings(db: str | None = None, queue: str | None = None, **more) -> Setting
     return s
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level_of(value: str) -> str:
+    """--log-level, checked: one line and exit 2 for a level logging does not know."""
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {value!r}", 2)
+    return level
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)])
@@ -88,7 +99,7 @@ def serve(
     threads: Annotated[int, typer.Option(help="Request-handling threads.", min=1, max=1024)] = 16,
     dev: Annotated[bool, typer.Option("--dev", help="Local development: the /jobs dashboard "
                                       "needs no login on loopback.", metavar="")] = False,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     processes: Annotated[int, typer.Option(help="Server processes sharing the port "
                                            "(SO_REUSEPORT) and the database.", min=1)] = 1,
     reuse_port: Annotated[bool, typer.Option("--reuse-port", help="Bind with SO_REUSEPORT "
@@ -97,16 +108,17 @@ def serve(
     """Run the HTTP server: POST /api/v1/data/sync, stats, /jobs dashboard, health."""
     from .web import serve as run
 
-    setup_logging(log_level.upper())
+    level = log_level_of(log_level)
+    setup_logging(level)
     s = settings(db, queue, dev=True if dev else None)
-    if processes > 1:
-        from .multiserve import CannotServe, run_many
+    from .multiserve import CannotServe, run_many
 
-        try:
-            raise typer.Exit(run_many(s, host, port, threads, processes, log_level.upper()))
-        except CannotServe as exc:  # port taken, children that cannot start: one line
-            fail(str(exc))
-    run(s, host, port, threads, reuse_port)
+    try:  # a port taken, an address that cannot be bound, children that cannot start: one line
+        if processes > 1:
+            raise typer.Exit(run_many(s, host, port, threads, processes, level))
+        run(s, host, port, threads, reuse_port)
+    except CannotServe as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -115,14 +127,14 @@ def worker(
                                          min=1, max=256)] = 2,
     kind: Annotated[str, typer.Option("--kind", help="thread or process.")] = "thread",
     db: Db = None, queue: Queue = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ):
     """Run the job consumer (Huey) until SIGTERM or Ctrl-C; in-flight jobs finish first."""
     from .worker import run_worker
 
     if kind not in ("thread", "process"):
         fail("--kind must be thread or process", 2)
-    setup_logging(log_level.upper())
+    setup_logging(log_level_of(log_level))
     run_worker(settings(db, queue), workers, kind)
 
 

@@ -2,6 +2,7 @@
 which override the embedded defaults (one SQLite file holding the records and the queue)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -115,12 +116,12 @@ class Settings:
         for name in ("max_body_bytes", "max_decompressed_bytes", "max_records", "max_json_depth",
                      "max_json_containers", "max_metadata_bytes", "max_metadata_string",
                      "worker_heartbeat", "reconcile_interval", "lost_after", "worker_batch"):
-            if getattr(self, name) <= 0:
-                out.append(f"{name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:  # nan fails this too
+                out.append(f"{name} must be a positive finite number, got {getattr(self, name)}")
         for name in ("rate_limit_per_minute", "rate_limit_burst", "retries", "retry_base_delay",
                      "shutdown_timeout", "failed_keep", "events_keep", "workers_keep",
                      "syncs_keep"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # nan fails this too
                 out.append(f"{name} must not be negative, got {getattr(self, name)}")
         return out
 
@@ -134,13 +135,15 @@ class SettingsError(ValueError):
 
 def _coerce(f, raw: str):
     kind = f.type if isinstance(f.type, str) else f.type.__name__
+    name = f"{ENV_PREFIX}{f.name.upper()}={raw!r}"
     try:
         if kind == "int":
             return int(raw)
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
+        what = "a whole number" if kind == "int" else "a number"
+        raise SettingsError(f"{name} is not {what}") from None
     if kind == "bool":
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw

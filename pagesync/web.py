@@ -335,6 +335,8 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16,
 
     from cheroot import wsgi
 
+    from .multiserve import CannotServe, check_port
+
     app = make_app(settings)
     server = wsgi.Server((host, port), app, numthreads=threads, request_queue_size=128,
                          server_name="pagesync", reuse_port=reuse_port)
@@ -347,6 +349,12 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if not reuse_port:
+        check_port(host, port)  # a port in use: one line, before any "serving"
+    try:
+        server.prepare()  # binds: only then is it serving
+    except OSError as exc:
+        raise CannotServe(f"cannot listen on {host}:{port} ({exc})") from None
     log.info("pagesync serving on http://%s:%d (database %s, queue %s)", host, port,
              settings.db, settings.describe_queue())
-    server.safe_start()
+    server.serve()

@@ -19,8 +19,15 @@ def test_bad_settings_are_refused_with_a_reason(tmp_path):
     cases = [
         (["serve", "--db", db, "--queue", "reddis://127.0.0.1:6379/0"], {}, "is not understood"),
         (["worker", "--db", db], {"PAGESYNC_TIMEZONE": "Mars/Olympus"}, "timezone 'Mars/Olympus' is unknown"),
-        (["worker", "--db", db], {"PAGESYNC_RETRIES": "abc"}, "is not a number"),
-        (["serve", "--db", db], {"PAGESYNC_MAX_BODY_BYTES": "-1"}, "max_body_bytes must be positive"),
+        (["worker", "--db", db], {"PAGESYNC_RETRIES": "abc"}, "is not a whole number"),
+        (["worker", "--db", db], {"PAGESYNC_MAX_JSON_DEPTH": "1e3"}, "is not a whole number"),
+        (["worker", "--db", db], {"PAGESYNC_RECONCILE_INTERVAL": "nan"}, "reconcile_interval must be"),
+        (["worker", "--db", db], {"PAGESYNC_LOST_AFTER": "inf"}, "lost_after must be"),
+        (["worker", "--db", db], {"PAGESYNC_RETRY_BASE_DELAY": "x"}, "is not a number"),
+        (["worker", "--db", db, "--log-level", "LOUD"], {}, "--log-level must be one of"),
+        (["serve", "--db", db, "--log-level", "verbose"], {}, "--log-level must be one of"),
+        (["serve", "--db", db, "--host", "999.1.1.1", "--port", "18556"], {}, "cannot listen on 999.1.1.1"),
+        (["serve", "--db", db], {"PAGESYNC_MAX_BODY_BYTES": "-1"}, "max_body_bytes must be a positive finite number"),
         (["stats", "--db", str(tmp_path / "typo.db")], {}, "no database at"),
         (["token", "create", "x", "--db", str(tmp_path)], {}, "unable to open database file"),
     ]
@@ -94,4 +101,11 @@ def test_serve_processes_refuses_a_port_in_use(stack, tmp_path):
     assert res.returncode == 1, res.stderr
     assert res.stderr.strip() == f"error: port {stack.port} on 127.0.0.1 is in use"
     assert time.monotonic() - start < 15
+    assert stack.server.poll() is None
+
+
+def test_serve_refuses_a_port_in_use_before_saying_it_serves(stack, tmp_path):
+    res = run("serve", "--db", str(tmp_path / "other.db"), "--port", str(stack.port), timeout=30)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == f"error: port {stack.port} on 127.0.0.1 is in use"
     assert stack.server.poll() is None

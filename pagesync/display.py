@@ -22,6 +22,8 @@ def snapshot_view(snap: dict) -> Group:
     head = Text.assemble(
         ("Queue depth ", "bold"), (str(depth) if depth >= 0 else "unreachable",
                                    "bold cyan" if depth >= 0 else "bold red"),
+        *((("   awaiting delivery ", "bold"), (f"{snap['pending']:,}", "bold yellow"))
+          if snap.get("pending") else ()),
         ("   scheduled retries ", "bold"), (str(max(snap.get("scheduled", 0), 0)), "magenta"),
         ("   throughput ", "bold"), (f"{snap['throughput']['done_per_second']:.1f} jobs/s", "green"),
         ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"),
@@ -35,9 +37,18 @@ def snapshot_view(snap: dict) -> Group:
         tasks.add_row(task, *(str(counts[s]) for s in STATE_STYLE))
     totals = snap["totals"]
     tasks.add_row("total", *(str(totals[s]) for s in STATE_STYLE), style="bold")
-    parts = [summary_line(snap), head, tasks, workers_table(snap), in_flight_table(snap),
+    parts = [summary_line(snap), queue_alert(snap), head, tasks, workers_table(snap), in_flight_table(snap),
              failures_table(snap)]
     return Group(*[p for p in parts if p is not None])
+
+
+def queue_alert(snap: dict) -> Text | None:
+    """A red line while the queue does not answer: what it means for the user's data."""
+    if snap["queue_depth"] >= 0:
+        return None
+    return Text(f"The queue is unreachable. Syncs are still stored; {snap.get('pending', 0):,} "
+                "jobs wait in SQLite (awaiting delivery) and are delivered when it is back.",
+                style="bold red")
 
 
 SUMMARY_STYLE = {"processed": "green", "failed": "yellow", "enqueued": "cyan",

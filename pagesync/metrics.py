@@ -38,6 +38,9 @@ def families(snap: dict) -> list:
                           value=1 if depth >= 0 else 0),
         GaugeMetricFamily("pagesync_queue_depth", "Messages waiting in the queue (NaN: unreachable)",
                           value=depth if depth >= 0 else math.nan),
+        GaugeMetricFamily("pagesync_jobs_pending", "Jobs stored but not yet handed to the "
+                          "queue (delivered by the reconciler; counted as queued in pagesync_jobs)",
+                          value=snap.get("pending", 0)),
         GaugeMetricFamily("pagesync_queue_scheduled", "Retries scheduled for later in the queue",
                           value=max(snap.get("scheduled", 0), 0)),
         CounterMetricFamily("pagesync_jobs_processed", "Job attempts that succeeded",

@@ -22,6 +22,13 @@ def task_counts(conn) -> dict:
     return counts
 
 
+def pending_count(conn) -> int:
+    """Jobs committed with their records but not yet handed to the queue (Redis or a
+    separate queue file away, or the moment between commit and enqueue): the reconciler
+    delivers them. Counted among 'queued' in the per-task figures."""
+    return conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
+
+
 def throughput(conn, window: float = 60.0, now: float | None = None) -> dict:
     """Jobs finished per second over the last `window` seconds, and per 5 s bucket."""
     now = now or time.time()
@@ -133,6 +140,7 @@ def snapshot(conn, huey, heartbeat: float = 2.0) -> dict:
         "summary": summary(totals, counters),
         "generated_at": time.time(),
         "queue_depth": depth,
+        "pending": pending_count(conn),
         "scheduled": scheduled_depth(huey) if depth >= 0 else -1,  # no second wait on a dead queue
         "tasks": tasks,
         "totals": totals,

@@ -102,6 +102,32 @@ def test_browser_live_counters_failed_job_retry_and_escaping(stack_factory, brow
     assert errors == []
 
 
+def test_browser_shows_the_queue_outage_and_the_jobs_awaiting_delivery(stack_factory, browser,
+                                                                       tmp_path):
+    from playwright.sync_api import expect
+
+    from .helpers import RedisServer
+
+    redis = RedisServer(tmp_path)  # skips (fails in CI) without redis-server
+    try:
+        st = stack_factory(redis.url, dashboard_user=USER, dashboard_password=PASSWORD)
+        st.start_server()
+        page = browser.new_context(http_credentials={"username": USER, "password": PASSWORD}).new_page()
+        page.goto(st.url + "/jobs")
+        expect(page.locator("#t-depth")).to_have_text("0")
+        assert page.locator("#queue-alert").is_hidden()
+        redis.stop()
+        assert st.sync(st.token(), batch()).status_code == 200  # stored, not yet queued
+        alert = page.locator("#queue-alert")
+        expect(alert).to_be_visible(timeout=15_000)
+        expect(alert).to_contain_text("The queue is unreachable. Syncs are still stored; 3 jobs "
+                                      "wait in SQLite")
+        expect(page.locator("#t-depth")).to_have_text("unreachable")
+        expect(page.locator("#t-pending")).to_have_text("3")
+    finally:
+        redis.stop()
+
+
 def test_login_required_and_security_headers(stack_factory):
     st = auth_stack(stack_factory)
     for path in ("/jobs", "/jobs/api/snapshot", "/jobs/api/record?id=x", "/api/v1/jobs",

@@ -427,6 +427,16 @@ def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory
         assert states(st) == {"queued": len(visits["pageVisits"]),
                               "pending": len(aggs["tabAggregates"])}
         assert requests.get(st.url + "/readyz", timeout=5).status_code == 503
+        # what watch shows: the outage, and the jobs waiting in SQLite for it to end
+        snap = st.snapshot()
+        assert snap["queue_depth"] == -1 and snap["pending"] == len(aggs["tabAggregates"])
+        screen = " ".join(st.cli("watch", "--once").stdout.split())
+        assert (f"The queue is unreachable. Syncs are still stored; {len(aggs['tabAggregates'])} "
+                "jobs wait in SQLite") in screen
+        assert f"awaiting delivery {len(aggs['tabAggregates'])}" in screen
+        pending = [line for line in requests.get(st.url + "/metrics", timeout=10).text.splitlines()
+                   if line.startswith("pagesync_jobs_pending ")]
+        assert pending == [f"pagesync_jobs_pending {float(len(aggs['tabAggregates']))}"]
         worker = st.start_worker()
         time.sleep(1.5)
         cpu = psutil.Process(worker.pid)
@@ -439,6 +449,9 @@ def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory
         st.wait_drained(40)
         all_processed(st)
         assert worker.poll() is None
+        snap = st.snapshot()
+        assert snap["pending"] == 0 and snap["queue_depth"] == 0
+        assert "unreachable" not in st.cli("watch", "--once").stdout
     finally:
         server.stop()
 

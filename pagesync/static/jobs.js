@@ -49,6 +49,12 @@ function renderTotals(snap) {
     setText(`t-${key}`, snap.summary[key].toLocaleString("en-US"));
   }
   setText("t-depth", snap.queue_depth >= 0 ? snap.queue_depth.toLocaleString("en-US") : "unreachable");
+  setText("t-pending", (snap.pending || 0).toLocaleString("en-US"));
+  const alert = document.getElementById("queue-alert");
+  alert.hidden = snap.queue_depth >= 0;
+  alert.textContent = alert.hidden ? "" : `The queue is unreachable. Syncs are still stored; ` +
+    `${(snap.pending || 0).toLocaleString("en-US")} jobs wait in SQLite (awaiting delivery) ` +
+    `and are delivered when it is back.`;
   const t = snap.throughput;
   setText("rate", `${t.done_per_second.toFixed(2)} jobs/s done, ${t.failed_per_second.toFixed(2)}/s failing (last ${t.window_seconds} s)`);
 }

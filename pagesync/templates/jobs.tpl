@@ -16,6 +16,7 @@
   <span class="user">signed in as {{user}}</span>
 </header>
 <main>
+<p id="queue-alert" class="alert" role="alert" hidden></p>
 <section class="totals" aria-label="Totals">
   <div class="stat" title="Processed: job attempts that succeeded, since the database was created (counter jobs_done)">
     <span class="label">Processed</span><span class="value" id="t-processed">–</span></div>
@@ -29,6 +30,8 @@
     <span class="label">Dead</span><span class="value" id="t-dead">–</span></div>
   <div class="stat" title="Queue depth: messages in the queue backend itself ({{queue}})">
     <span class="label">Queue depth</span><span class="value" id="t-depth">–</span></div>
+  <div class="stat" title="Awaiting delivery: jobs stored with their records but not yet in the queue (job state pending); the worker's reconciler delivers them">
+    <span class="label">Awaiting delivery</span><span class="value" id="t-pending">–</span></div>
 </section>
 
 <section aria-label="Throughput">

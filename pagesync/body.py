@@ -28,6 +28,13 @@ class Limits:
     max_metadata_bytes: int = MAX_METADATA_BYTES
     max_meta_string: int = MAX_META_STRING
 
+    @property
+    def body_depth(self) -> int:
+        """Nesting allowed for the body as a whole: room for records whose free-form
+        objects (metadata, statistics) are over `max_depth`, so only those records are
+        rejected and the rest of the batch is kept; past it the request is refused."""
+        return self.max_depth * 4
+
 
 DEFAULT_LIMITS = Limits()
 
@@ -62,9 +69,9 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
     if value is _SLOW:
         return careful_loads(raw, limits)
     depth = container_depth(value)
-    if depth > limits.max_depth:
+    if depth > limits.body_depth:
         raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
-                                f"{limits.max_depth}")
+                                f"{limits.body_depth}")
     return value
 
 
@@ -169,9 +176,9 @@ def check_structure(raw: bytes, limits: Limits) -> None:
         raise PayloadError(413, f"Body holds {containers} arrays and objects, over the limit of "
                                 f"{limits.max_containers}")
     depth = skeleton_depth(skeleton)
-    if depth > limits.max_depth:
+    if depth > limits.body_depth:
         raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
-                                f"{limits.max_depth}")
+                                f"{limits.body_depth}")
 
 
 def _reject_constant(name: str):

@@ -48,8 +48,8 @@ def test_the_fast_decode_keeps_integers_past_64_bits_exact():
 
 
 @pytest.mark.parametrize("raw,status,message", [
-    (b"[" * 33 + b"]" * 33, 400, "nested 33 levels deep"),
-    (b'{"a": [' + b"[" * 40 + b"]" * 40 + b"]}", 400, "nested 42 levels deep"),
+    (b"[" * 129 + b"]" * 129, 400, "nested 129 levels deep"),
+    (b'{"a": [' + b"[" * 140 + b"]" * 140 + b"]}", 400, "nested 142 levels deep"),
     (b"[" + b"[]," * 200_001 + b"[]]", 413, "200003 arrays and objects"),
 ])
 def test_limits_hold_on_the_fast_path(raw, status, message):

@@ -161,13 +161,36 @@ def test_deep_nesting_is_400_quickly_in_bounded_memory(limited):
     server = psutil.Process(st.server.pid)
     rss_before = server.memory_info().rss
     before = stored(st)
-    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"pageVisits": [{"metadata": ' + b'{"a": ' * 40 + b"1"
-                + b"}" * 40 + b"}]}", b'{"a": ' * 150_000):
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"pageVisits": [{"metadata": ' + b'{"a": ' * 140
+                + b"1" + b"}" * 140 + b"}]}", b'{"a": ' * 150_000):
         started = time.monotonic()
         resp = st.sync(token, None, raw=raw)
-        assert_refused(st, before, resp, 400, "over the limit of 32")
+        assert_refused(st, before, resp, 400, "over the limit of 128")
         assert time.monotonic() - started < 5
     assert server.memory_info().rss - rss_before < 60 * 1024 * 1024
+
+
+def test_metadata_nested_too_deep_rejects_that_record_and_keeps_the_rest(limited):
+    st, token = limited
+    deep = {"a": 1}
+    for _ in range(42):
+        deep = {"a": deep}
+    batch = visits(3, "deepmeta")
+    batch["pageVisits"][1]["metadata"] = deep
+    slow = json.loads(json.dumps(batch))  # a 23-digit integer: the standard library's path
+    slow["pageVisits"][0]["metadata"] = {"big": 12345678901234567890123}
+    for body in (batch, slow):
+        resp = st.sync(token, body)
+        assert resp.status_code == 200, resp.text[:300]
+        data = resp.json()["data"]
+        assert data["page_visits_synced"] == 2
+        [rejected] = data["rejected"]
+        assert rejected["id"] == "deepmeta_1"
+        assert rejected["errors"] == [{"field": "metadata",
+                                       "message": "is nested deeper than 32 levels"}]
+    conn = st.conn()
+    ids = {r[0] for r in conn.execute("SELECT id FROM page_visits WHERE id LIKE 'deepmeta%'")}
+    assert ids == {"deepmeta_0", "deepmeta_2"}
 
 
 def test_a_million_tiny_objects_is_413_before_parsing(limited):

@@ -257,8 +257,8 @@ def decode(raw: bytes, ctype="application/json", encoding=None, max_bytes=10_000
     (b"\xff\xfe{}", "application/json", None, 400, "not valid UTF-8"),
     (b"{}", "application/json", "gzip", 400, "not valid gzip"),
     (gzip.compress(b"{}", mtime=0)[:-6], "application/json", "gzip", 400, "not valid gzip"),
-    (b"[" * 33 + b"]" * 33, "application/json", None, 400, "nested 33 levels deep"),
-    (b"[" * 100_000, "application/json", None, 400, "over the limit of 32"),
+    (b"[" * 129 + b"]" * 129, "application/json", None, 400, "nested 129 levels deep"),
+    (b"[" * 100_000, "application/json", None, 400, "over the limit of 128"),
     (b"x" * 10_001, "application/json", None, 413, "over the limit of 10000"),
 ])
 def test_bad_bodies_get_a_clear_status(raw, ctype, encoding, status, words):

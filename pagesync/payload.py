@@ -120,6 +120,9 @@ def record_label(item: object, rec: dict | None):
         for key in ("id", "visitId"):
             if isinstance(item.get(key), (str, int)) and not isinstance(item.get(key), bool):
                 return str(item[key])[:MAX_ID]
+        start, tab = item.get("startTime"), item.get("tabId")  # an extension aggregate
+        if all(type(v) is int for v in (start, tab)):
+            return aggregate_id(start, tab)
     return None
 
 

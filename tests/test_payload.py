@@ -197,6 +197,8 @@ def test_aggregate_closed_before_open_is_rejected():
     batch = P.parse_batch({"tabAggregates": [aggregate(closedAt=T0 - 1000), aggregate(tabId=8)]}, NOW)
     assert [a["id"] for a in batch.aggregates] == [f"tab_{T0}_8"]
     assert "before the tab's startTime" in errors_of(batch)["closedAt"]
+    # the rejection names the id the aggregate would have had, to match it up
+    assert batch.rejected[0]["id"] == f"tab_{T0}_7"
 
 
 def test_aggregate_span_over_a_year_is_rejected():
@@ -210,6 +212,7 @@ def test_aggregate_span_over_a_year_is_rejected():
 def test_aggregate_without_tab_id_is_rejected_and_ids_are_stable():
     batch = P.parse_batch({"tabAggregates": [{"startTime": T0}, aggregate(), aggregate()]}, NOW)
     assert "tabId" in errors_of(batch)
+    assert batch.rejected[0]["id"] is None  # no tab: no id to name
     assert [a["id"] for a in batch.aggregates] == [f"tab_{T0}_7"]  # the same tab twice: merged
 
 

@@ -36,6 +36,19 @@ MAX_RECORD_ID = 512
 
 # ---------------------------------------------------------------- pure helpers
 
+def record_id_problem(raw: str | None) -> str | None:
+    """What is wrong with the ?id= of a record lookup (`raw` as WSGI gives it: latin-1)."""
+    if raw is None or not raw.strip():
+        return f"Give a record id (1 to {MAX_RECORD_ID} characters): /jobs/api/record?id=..."
+    try:
+        text = raw.encode("latin-1").decode("utf-8").strip()
+    except UnicodeError:
+        return "The record id is not valid UTF-8"
+    if len(text) > MAX_RECORD_ID:
+        return f"The record id is {len(text)} characters long; ids are at most {MAX_RECORD_ID}"
+    return None
+
+
 def is_loopback(addr: str | None) -> bool:
     try:
         return ipaddress.ip_address((addr or "").split("%")[0]).is_loopback
@@ -158,9 +171,10 @@ class Dashboard:
         return json_ok(snap)
 
     def record(self, user: str):
-        record_id = bottle.request.query.getunicode("id", "").strip()
-        if not record_id or len(record_id) > MAX_RECORD_ID:
-            raise deny(400, f"Give a record id (1 to {MAX_RECORD_ID} characters): /jobs/api/record?id=...")
+        problem = record_id_problem(bottle.request.query.get("id"))
+        if problem:
+            raise deny(400, problem)
+        record_id = bottle.request.query.getunicode("id").strip()
         jobs = monitor.record_jobs(self.state.pool.get(), record_id)
         return json_ok({"record_id": record_id, "found": bool(jobs), "jobs": jobs})
 

@@ -189,8 +189,12 @@ def test_actions_need_the_csrf_token_and_servers_agree_on_it(stack_factory):
         resp = requests.post(st.url + "/jobs/api/retry", data=data, headers=good, auth=auth, timeout=5)
         assert resp.status_code == status, (data, resp.text)
         assert resp.json()["message"]
-    assert requests.get(st.url + "/jobs/api/record", auth=auth, timeout=5).status_code == 400
-    assert requests.get(st.url + "/jobs/api/record?id=" + "x" * 600, auth=auth, timeout=5).status_code == 400
+    for query, message in (("", "Give a record id"), ("?id=" + "x" * 600, "600 characters long"),
+                           ("?id=%00%ff%fe", "not valid UTF-8")):
+        resp = requests.get(st.url + "/jobs/api/record" + query, auth=auth, timeout=5)
+        assert resp.status_code == 400 and message in resp.json()["message"], resp.text
+    found = requests.get(st.url + "/jobs/api/record?id=%00x", auth=auth, timeout=5)
+    assert found.status_code == 200 and found.json()["found"] is False
     assert requests.get(st.url + "/jobs/static/..%2Fdashboard.py", auth=auth, timeout=5).status_code == 404
     # a second server process on the same database accepts the same token
     other = stack_factory(dashboard_user=USER, dashboard_password=PASSWORD)

@@ -327,6 +327,35 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def json_error_connection():
+    """cheroot's connection class whose own error answers (a malformed request line or
+    header, refused before the app sees it) carry a JSON body with a `message`, like
+    every answer of the app, instead of plain text."""
+    from cheroot import server
+
+    class JsonErrorRequest(server.HTTPRequest):
+        def simple_response(self, status, msg=""):
+            status = str(status)
+            if isinstance(msg, bytes):
+                msg = msg.decode("latin-1")
+            body = json.dumps({"success": False, "message": msg or status}).encode()
+            head = [f"{self.server.protocol} {status}", f"Content-Length: {len(body)}",
+                    "Content-Type: application/json; charset=utf-8"]
+            if status[:3] in ("413", "414") or not status.startswith(("1", "2", "3")):
+                self.close_connection = True  # the rest of the request was not read
+                head.append("Connection: close")
+            try:
+                self.conn.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+            except OSError as exc:
+                if exc.args and exc.args[0] not in server.errors.socket_errors_to_ignore:
+                    raise
+
+    class Connection(server.HTTPConnection):
+        RequestHandlerClass = JsonErrorRequest
+
+    return Connection
+
+
 def serve(settings: Settings, host: str, port: int, threads: int = 16,
           reuse_port: bool = False) -> None:
     """Run the app on cheroot until SIGTERM/SIGINT."""
@@ -340,6 +369,7 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16,
     app = make_app(settings)
     server = wsgi.Server((host, port), app, numthreads=threads, request_queue_size=128,
                          server_name="pagesync", reuse_port=reuse_port)
+    server.ConnectionClass = json_error_connection()
     # No cheroot body limit: the app refuses a declared length over the limit with a JSON
     # 413 before reading (limit_body) and reads a chunked body only up to the limit.
     server.max_request_body_size = 0

@@ -166,6 +166,12 @@ def live_token(live):
      False, 400, b"Body could not be read"),
     ("body shorter than announced", lambda t: sync_head(t, b"Content-Length: 100"), b"{}", True, 400,
      b"Body ended after 2 of the 100 bytes"),
+    # refused by the HTTP server before the app sees them: the same JSON shape
+    ("Content-Length not a number", lambda t: sync_head(t, b"Content-Length: abc"), b"{}", False, 400,
+     b"Malformed Content-Length"),
+    ("header line without a colon", lambda t: sync_head(t, b"Nonsense"), b"", False, 400,
+     b"Illegal header line"),
+    ("request line of one word", lambda t: b"GARBAGE", b"", False, 400, b"Malformed Request-Line"),
 ])
 def test_malformed_requests_get_a_4xx_with_a_message(live, live_token, name, head, body, half_close,
                                                       status, words):

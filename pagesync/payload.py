@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from .body import DEFAULT_LIMITS, MAX_META_STRING, Limits, PayloadError
+from .hosts import authority_host, host_problem
+from .hosts import show as show_host
 
 CATEGORIES = frozenset(
     "work_coding work_code_review work_communication work_documentation learning_video "
@@ -379,9 +381,14 @@ def strip_credentials(url: str) -> str:
 
 
 # An http(s) URL with a plain host (and port below 10000) and only printable ASCII after
-# it: urlsplit would accept it as it is, so the check below can skip the parse.
-_PLAIN_URL = re.compile(r"https?://(?=\.*[a-z0-9-])[a-z0-9.-]+(?::[0-9]{1,4})?(?:[/?#][!-~]*)?",
-                        re.I)
+# it: urlsplit would accept it as it is and so would the host check (hosts.py: labels of
+# letters, digits, '-' and '_', at most 63 each and 253 in all, none starting with `xn--`,
+# the last one starting with a letter, so not an IPv4 address), so the check below can
+# skip both.
+_PLAIN_URL = re.compile(
+    r"https?://(?=[a-z0-9_.-]{1,253}\.?(?:[:/?#]|\Z))"
+    r"(?:(?!xn--)[a-z0-9_-]{1,63}\.)*(?!xn--)[a-z][a-z0-9_-]{0,62}\.?"
+    r"(?::[0-9]{1,4})?(?:[/?#][!-~]*)?", re.I)
 _URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -411,6 +418,10 @@ def parsed_url_problem(value) -> str | None:
         return "has no valid host"
     if "\\" in parts.netloc:  # browsers read it as "/": the host would not be this one
         return "has a backslash in its host part"
+    host = authority_host(parts.netloc)
+    problem = host_problem(host)
+    if problem:
+        return f"has an invalid host {show_host(host)}: {problem}"
     return None
 
 

@@ -9,6 +9,7 @@ order of arrival, retries or duplicate deliveries.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import datetime, timezone
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from publicsuffixlist import PublicSuffixList
 
+from .hosts import authority_host, canonical_host
 from .payload import strip_tracking
 
 FIELDS = ("visits", "seconds", "active_seconds", "tab_seconds")
@@ -78,31 +80,35 @@ def normalise_url(url: str) -> str:
     return f"{scheme.lower()}://{netloc}{rest[cut:]}"
 
 
+_AUTHORITY = re.compile(r"[^/?#]*")
+
+
 @lru_cache(maxsize=65536)
 def host_key(host_or_url: str | None) -> str:
-    """Lowercase host without a leading `www.` and without port; punycode kept (a unicode
-    host is turned into punycode so both spellings share one key)."""
+    """The host as a browser reads it (hosts.py: UTS #46, punycode, IPv4/IPv6 canonical),
+    lowercase, without a leading `www.`, port or trailing dot, so `https://WWW.Bücher.example:443/`
+    and `https://xn--bcher-kva.example/` share one key. A host no browser would accept (from
+    a record stored before urls were checked this way, or a `domain` field) has no key: ""."""
     if not host_or_url:
         return ""
     value = host_or_url.strip()
-    if "://" in value:
-        try:
-            value = urlsplit(value).hostname or ""
-        except ValueError:
-            return ""
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        value = authority_host(_AUTHORITY.match(rest).group())
     else:
         value = value.rsplit("@", 1)[-1]
-        if value.startswith("["):
-            value = value[1:].split("]", 1)[0]
-        elif value.count(":") == 1:
+        if value.count(":") > 1 and not value.startswith("["):
+            value = f"[{value}]"  # a bare IPv6 address
+        elif not value.startswith("["):
             value = value.split(":", 1)[0]
-    value = value.lower().rstrip(".")
-    if not value.isascii():
-        try:
-            value = value.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass
-    return value[4:] if value.startswith("www.") else value
+        else:
+            value = value.split("]", 1)[0] + "]"
+    host = canonical_host(value)
+    if not host:
+        return ""
+    if host.endswith("."):
+        host = host[:-1]
+    return host[4:] if host.startswith("www.") else host
 
 
 @lru_cache(maxsize=65536)
@@ -116,6 +122,8 @@ def site_of(host: str) -> str:
         return host
     except ValueError:
         pass
+    if host.rpartition(".")[2].isdigit():  # not a valid IPv4 address: no registrable domain
+        return host
     return _psl().privatesuffix(host) or host
 
 

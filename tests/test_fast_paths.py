@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pagesync import body as B
+from pagesync import hosts as H
 from pagesync import payload as P
+from pagesync import processing as R
 from pagesync import store
 from .test_payload_properties import PROPS, json_values, json_values_with_surrogates
 
@@ -67,10 +69,53 @@ urls = st.one_of(
     st.text(max_size=40))
 
 
+# Hosts near the fast path's edges: labels of 63 and 64 characters, numeric labels (IPv4 or
+# not), `xn--` labels (valid punycode or not), underscores, hyphens at the ends, empty
+# labels, a trailing dot, characters browsers map or refuse, and hosts of about 253.
+label_parts = st.sampled_from(["a", "Z", "0", "9", "-", "_", "xn--", "XN--", "bcher-kva", "zca", "0x",
+                               "ü", "ß", "\u3002", "*", "%41", "%2f", "\u202e", "\x80", "a" * 20])
+host_labels = st.one_of(st.lists(label_parts, max_size=4).map("".join),
+                        st.integers(0, 300).map(str),
+                        st.sampled_from(["a" * 62, "a" * 63, "a" * 64, "xn--bcher-kva", "com", "localhost"]))
+edge_hosts = st.one_of(
+    st.lists(host_labels, min_size=1, max_size=6).map(".".join),
+    st.tuples(st.lists(st.sampled_from(["a" * 63, "b" * 61, "c" * 62]), min_size=3, max_size=5),
+              st.sampled_from(["", "."])).map(lambda t: ".".join(t[0]) + t[1]),
+    st.sampled_from(["[::1]", "[::1", "[v1.x]", "[fe80::1%25x]", "1.2.3.4", "1.2.3.256", "127.1"]))
+edge_urls = st.tuples(st.sampled_from(["http://", "https://", "HTTP://", "https://u:p@"]), edge_hosts,
+                      st.sampled_from(["", ".", ":80", ":9999", ":"]),
+                      st.sampled_from(["", "/", "/x?q=1", "#f", "?"])).map("".join)
+
+
 @settings(PROPS, max_examples=400)
-@given(urls)
+@given(urls | edge_urls)
 def test_the_plain_url_fast_path_agrees_with_parsing(url):
     assert P.url_problem(url) == P.parsed_url_problem(url)
+
+
+@settings(PROPS, max_examples=400)
+@given(edge_hosts | st.text(st.sampled_from(list("aZ09.-_%*:[]ü\u3002")), max_size=20))
+def test_the_plain_host_fast_path_agrees_with_the_browser_host_parser(host):
+    try:
+        general = H.parse_host(host), None
+    except H.HostError as exc:
+        general = None, str(exc)
+    assert (H.canonical_host(host), H.host_problem(host)) == general
+    if H.is_plain(host):
+        assert general == (host.lower(), None)
+
+
+@settings(PROPS, max_examples=300)
+@given(st.lists(st.sampled_from(["bücher", "ß", "例え", "i❤", "a_b", "WWW", "news", "a-"]), min_size=1,
+                max_size=3), st.sampled_from(["example", "de", "jp", "com"]), st.sampled_from(["", ":443", ":8080"]))
+def test_unicode_and_punycode_spellings_of_a_host_share_one_key(labels, tld, port):
+    unicode_host = ".".join(labels + [tld])
+    ascii_host = H.canonical_host(unicode_host)
+    assert ascii_host is not None and ascii_host.isascii()
+    assert R.host_key(f"https://{unicode_host}{port}/x") == R.host_key(f"https://{ascii_host}/") \
+        == R.host_key(ascii_host.upper()) == R.host_key(unicode_host)
+    assert P.url_problem(f"https://{unicode_host}{port}/") is None
+    assert P.url_problem(f"https://{ascii_host}{port}/") is None
 
 
 @settings(PROPS, max_examples=400)

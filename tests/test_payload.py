@@ -164,6 +164,65 @@ def test_urls_without_a_real_host_or_with_control_characters_are_rejected(url, p
     assert errors_of(parse_visits(visit(url=url))) == {"url": problem}
 
 
+@pytest.mark.parametrize("url, problem", [
+    ("https://\u0080x.com/x", "has an invalid host '\\x80x.com': it contains the control character U+0080"),
+    ("https://\u202egnp.exe/", "has an invalid host '\\u202egnp.exe': it contains the bidi-control "
+                              "character U+202E"),
+    ("https://xn--/", "has an invalid host 'xn--': the label 'xn--' is not valid punycode"),
+    ("https://a..b/", "has an invalid host 'a..b': it has an empty label (two dots in a row, or a "
+                      "leading dot)"),
+    ("https://*.com/", "has an invalid host '*.com': '*' is not allowed in a host name (letters, "
+                       "digits, '-', '_' and '.' are)"),
+    ("https://%2A.com/", "has an invalid host '%2A.com': it percent-decodes to '*.com', and '*' is "
+                         "not allowed in a host name (letters, digits, '-', '_' and '.' are)"),
+    ("https://\u00fc" + "a" * 70 + ".com/", "has an invalid host '\u00fc" + "a" * 56 + "...': the label "
+     "'\u00fc" + "a" * 56 + "...' is 78 bytes once punycoded, over 63"),
+    ("https://" + "a." * 127 + "com/", "has an invalid host '" + "a." * 28 + "a...': it is 257 "
+     "characters once punycoded, over 253"),
+    ("https://\U000e0001.com/", "has an invalid host '\\U000e0001.com': it contains the invisible "
+                               "formatting character U+E0001"),
+    ("https://1.2.3.256/", "has an invalid host '1.2.3.256': it ends in a number, so it must be an "
+                           "IPv4 address, and it is not one (at most 4 parts, each 0-255)"),
+    ("https://a.\u3002b.com/", "has an invalid host 'a.\u3002b.com': it has an empty label (two dots in "
+                              "a row, or a leading dot; U+3002 and the other full stops count as dots)"),
+    ("http://[fe80::1%25eth0]/", "has an invalid host '[fe80::1%25eth0]': '[fe80::1%25eth0]' is not a "
+                                 "valid IPv6 address"),
+])
+def test_urls_whose_host_no_browser_would_accept_are_rejected_with_the_reason(url, problem):
+    batch = parse_visits(visit(url=url), visit(id="pv_2"))
+    assert errors_of(batch) == {"url": problem}
+    assert [v["id"] for v in batch.visits] == ["pv_2"]  # the valid record beside it is kept
+
+
+@pytest.mark.parametrize("url", [
+    "https://a_b.example.com/x",  # underscores in labels
+    "https://bücher.example/katalog",
+    "https://WWW.Bücher.example:443/",
+    "https://xn--bcher-kva.example/katalog",
+    "https://ß.de/",
+    "https://a\u3002b.com/",  # an ideographic full stop is a dot
+    "https://i❤.ws/",
+    "http://localhost:8000/jobs",
+    "http://127.0.0.1:8000/",
+    "http://[::1]:8000/",
+    "https://example.com./",
+    "https://-a-.blogspot.com/",  # browsers do not check hyphens at a label's ends
+    "https://%41.com/",  # browsers read it as a.com
+    "https://user:pw@a_b.example.com:8080/x",
+])
+def test_hosts_browsers_accept_are_accepted(url):
+    batch = parse_visits(visit(url=url))
+    assert batch.rejected == [], batch.rejected
+    assert batch.visits[0]["url"] == P.strip_credentials(url)
+
+
+def test_an_aggregate_current_url_with_a_bad_host_is_ignored_with_a_warning():
+    batch = P.parse_batch({"tabAggregates": [aggregate(currentUrl="https://a..b/")]}, NOW)
+    assert batch.rejected == [] and batch.aggregates[0]["current_url"] is None
+    assert warnings_of(batch) == {"currentUrl": "has an invalid host 'a..b': it has an empty label "
+                                                "(two dots in a row, or a leading dot); ignored"}
+
+
 def test_credentials_in_a_url_are_not_stored():
     batch = parse_visits(visit(url="https://user:secret@example.org:8443/a?b=1#c"))
     assert batch.visits[0]["url"] == "https://example.org:8443/a?b=1#c"

@@ -1,4 +1,6 @@
 """Processing rules (pure): url, host, site, category, engagement, unread, contributions."""
+import pytest
+
 from pagesync import processing as R
 
 
@@ -16,12 +18,57 @@ def test_host_key():
     assert R.host_key("http://[::1]:8000/") == "::1"
 
 
+@pytest.mark.parametrize("url, host, site", [
+    ("https://WWW.Bücher.example:443/", "xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ("https://xn--bcher-kva.example/", "xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ("https://XN--BCHER-KVA.example./x", "xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ("https://ß.de/", "xn--zca.de", "xn--zca.de"),  # UTS #46 non-transitional, not ss.de
+    ("https://a\u3002b.com/", "a.b.com", "b.com"),  # U+3002 is a dot
+    ("https://news.bbc\uff0eco\uff0euk/", "news.bbc.co.uk", "bbc.co.uk"),
+    ("https://%41.com/", "a.com", "a.com"),  # percent-decoded like a browser
+    ("https://a_b.example.com/", "a_b.example.com", "example.com"),
+    ("https://user:pw@www.Example.com:8443/a", "example.com", "example.com"),
+    ("https://1.2.3.4/", "1.2.3.4", "1.2.3.4"),  # an IP host's site is the IP
+    ("http://192.168.1.10:8080/", "192.168.1.10", "192.168.1.10"),
+    ("http://127.1/", "127.0.0.1", "127.0.0.1"),
+    ("http://[2001:DB8::1]:80/", "2001:db8::1", "2001:db8::1"),
+    ("http://localhost:8000/", "localhost", "localhost"),
+    ("https://example.com./", "example.com", "example.com"),
+    ("https://i❤.ws/", "xn--i-7iq.ws", "xn--i-7iq.ws"),
+])
+def test_host_key_and_site_are_what_a_browser_reads(url, host, site):
+    assert R.host_key(url) == host
+    assert R.site_of(host) == site
+    assert R.process_visit(visit(url=url))["host"] == host
+
+
+@pytest.mark.parametrize("value", [
+    "https://1.2.3.256/", "https://a..b/", "https://*.com/", "https://xn--/", "https://\u202egnp.exe/",
+    "https://\u0080x.com/x", "*.com", "a..b", "1.2.3.256", "\u202egnp.exe",
+])
+def test_a_host_no_browser_would_accept_has_no_host_key(value):
+    """Records stored before urls were checked this way, and `domain` fields, can hold one."""
+    assert R.host_key(value) == ""
+
+
+def test_a_visit_with_a_bad_url_host_falls_back_to_its_domain():
+    assert R.process_visit(visit(url="https://a..b/", domain="www.Example.org"))["host"] == "example.org"
+
+
+def test_tab_seconds_of_unicode_and_punycode_hosts_share_one_key():
+    agg = {"start_ms": 1764547200000, "domain_durations": {"bücher.example": 1000,
+                                                          "xn--bcher-kva.example": 2000}}
+    assert R.aggregate_contribution(agg) == {("2025-12-01", "xn--bcher-kva.example"): [0, 0, 0, 3]}
+
+
 def test_site_is_public_suffix_aware_and_offline():
     assert R.site_of("news.bbc.co.uk") == "bbc.co.uk"
     assert R.site_of("en.wikipedia.org") == "wikipedia.org"
     assert R.site_of("alice.github.io") == "alice.github.io"
     assert R.site_of("localhost") == "localhost"
     assert R.site_of("192.168.1.10") == "192.168.1.10"
+    assert R.site_of("::1") == "::1"
+    assert R.site_of("1.2.3.256") == "1.2.3.256"  # never "3.256", whatever reaches it
 
 
 def test_category_rules_on_host_then_unclassified():

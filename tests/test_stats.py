@@ -105,3 +105,35 @@ def test_stats_api_rejects_bad_date_and_bad_token(stack):
     assert resp.status_code == 400 and "YYYY-MM-DD" in resp.json()["message"]
     resp = requests.get(f"{stack.url}/api/v1/stats/daily", timeout=10)
     assert resp.status_code == 401
+
+
+def test_hosts_in_stats_are_what_a_browser_reads_and_bad_hosts_are_rejected(stack):
+    """The tester's urls, end to end: refused hosts are rejected one by one (200, the rest
+    stored), and the stats host keys are a browser's: punycode, one key per spelling."""
+    token = stack.token("alice")
+    stack.start_worker()
+    t = 1764547200000
+    bad = ["https://\u0080x.com/x", "https://\u202egnp.exe/", "https://xn--/", "https://a..b/",
+           "https://*.com/", "https://ü" + "a" * 70 + ".com/", "https://\U000e0001.com/",
+           "https://1.2.3.256/", "https://a.\u3002b.com/"]
+    good = {"https://WWW.Bücher.example:443/": "xn--bcher-kva.example",
+            "https://xn--bcher-kva.example/": "xn--bcher-kva.example",
+            "https://ß.de/": "xn--zca.de", "https://a\u3002b.com/": "a.b.com",
+            "https://%41.com/": "a.com", "https://1.2.3.4/": "1.2.3.4",
+            "https://a_b.example.com/": "a_b.example.com"}
+    visits = [{"id": f"pv_{t + i}_1", "url": url, "startedAt": t + i * 1000, "durationSeconds": 10}
+              for i, url in enumerate(bad + list(good))]
+    resp = stack.sync(token, {"pageVisits": visits, "tabAggregates": []})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    assert data["page_visits_synced"] == len(good) and data["rejected_records_count"] == len(bad)
+    assert [r["index"] for r in data["rejected"]] == list(range(len(bad)))
+    assert all(r["errors"][0]["field"] == "url" and r["errors"][0]["message"].startswith("has an invalid host")
+               for r in data["rejected"])
+    stack.wait_drained(30)
+    out = json.loads(stack.cli("stats", "--user", "alice", "--date", "2025-12-01", "--json").stdout)
+    rows = {r["host"]: r for r in out["rows"]}
+    assert set(rows) == set(good.values())
+    assert rows["xn--bcher-kva.example"]["visits"] == 2
+    assert rows["1.2.3.4"]["site"] == "1.2.3.4" and rows["a.b.com"]["site"] == "b.com"
+    assert stats.verify(stack.conn(), "UTC")["equal"]

@@ -98,31 +98,34 @@ class Sender:
 
     def send(self, req: Request) -> tuple[int, dict | None, str]:
         """(status, json body or None, error text). Retries 429/503 and connection errors,
-        honouring Retry-After."""
+        honouring Retry-After. The status is the last answer's (429 or 503 when the
+        retries ran out on them); 0 only when no answer came (connection failed)."""
         data = json.dumps(req.body, ensure_ascii=False).encode("utf-8")
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         if self.gzip:
             data, headers["Content-Encoding"] = gzip.compress(data), "gzip"
         if self.unreachable:
             return 0, None, "not sent: the server was unreachable"
-        delay, error = 0.5, ""
+        delay, status, body, error = 0.5, 0, None, ""
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.post(self.url, data=data, headers=headers, timeout=self.timeout)
             except requests.RequestException as exc:
-                error, wait = f"connection failed: {exc.__class__.__name__}", delay
+                status, body, wait = 0, None, delay
+                error = f"connection failed: {exc.__class__.__name__}"
                 if attempt == self.retries:  # the server stays away: send nothing more
                     self.unreachable = True
             else:
-                body = _json(resp)
-                if resp.status_code not in (429, 503):
-                    return resp.status_code, body, "" if resp.ok else _message(resp, body)
-                error = f"HTTP {resp.status_code}: {_message(resp, body)}"
-                wait = _retry_after(resp, delay)
+                status, body = resp.status_code, _json(resp)
+                if status not in (429, 503):
+                    return status, body, "" if resp.ok else _message(resp, body)
+                error, wait = _message(resp, body), _retry_after(resp, delay)
             if attempt < self.retries:
                 time.sleep(wait)
                 delay = min(delay * 2, 30)
-        return 0, None, error
+        if self.retries:
+            error += f" (gave up after {self.retries + 1} attempts)"
+        return status, body, error
 
 
 def _json(resp) -> dict | None:

@@ -1,6 +1,7 @@
 """Issue 2: the whole pipeline with real processes (server and worker on free ports)."""
 import copy
 import json
+import sqlite3
 
 from .helpers import SAMPLES, reference, row_count, wait_for
 
@@ -143,6 +144,23 @@ def test_replay_cli_reports_and_exit_codes(stack):
                     check=False)
     assert bad.returncode == 1
     assert "Unknown or revoked token" in bad.stdout
+
+
+def test_replay_reports_the_status_a_request_gave_up_on(stack):
+    """A 503 that outlasts the retries is reported as 503 (0 means: no answer at all)."""
+    token = stack.token()
+    holder = sqlite3.connect(stack.settings.db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another program holds the database
+    try:
+        res = stack.cli("replay", str(SAMPLES / "desktop_2_aggregates.json"), "--url", stack.url,
+                        "--token", token, "--retries", "0", "--json", check=False)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert res.returncode == 1
+    (failure,) = json.loads(res.stdout)["failures"]
+    assert failure["status"] == 503
+    assert failure["error"] == "Storage busy, retry later"
 
 
 def test_replay_splits_files_over_the_batch_limit(stack):

@@ -156,7 +156,7 @@ def replay(
     as_json: AsJson = False,
 ):
     """POST payload files to a server like the extension does, with progress and a summary.
-    Exits 1 if any request failed."""
+    Exits 1 if any request failed; Ctrl-C stops it with a summary of what was stored (130)."""
     from . import replay as R
 
     if not token:
@@ -172,17 +172,25 @@ def replay(
         fail(f"cannot read payloads: {exc}", 2)
     sender = R.Sender(url, token, retries=retries, gzip_body=gzip_body)
     total = sum(r.records for r in reqs)
-    with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
-                  TimeRemainingColumn(), console=err, disable=as_json) as progress:
-        bar = progress.add_task("records", total=total)
-        result = R.replay(reqs, sender, concurrency, lambda req: progress.advance(bar, req.records))
+    # The bar moves as requests are answered; beside it, what became of their records.
+    with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("records sent  {task.fields[outcome]}"), TimeRemainingColumn(),
+                  console=err, disable=as_json) as progress:
+        bar = progress.add_task("records", total=total, outcome=display.replay_outcome(R.ReplayResult()))
+
+        def answered(req, result):
+            progress.update(bar, advance=req.records, outcome=display.replay_outcome(result))
+        result = R.replay(reqs, sender, concurrency, answered)
+    if result.interrupted:
+        err.print(display.replay_interrupted(result))
     if as_json:
         console.print_json(json.dumps({k: getattr(result, k) for k in (
             "requests_ok", "requests_failed", "visits", "aggregates", "jobs", "warnings",
-            "rejected", "failures", "seconds")}))
+            "rejected", "failures", "seconds", "records", "stored", "records_failed",
+            "records_unsent", "records_unknown", "interrupted")}))
     else:
         console.print(display.replay_summary(result))
-    raise typer.Exit(1 if result.requests_failed else 0)
+    raise typer.Exit(130 if result.interrupted else 1 if result.requests_failed else 0)
 
 
 def expand_paths(files: list[Path]) -> list[Path]:

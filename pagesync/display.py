@@ -115,13 +115,41 @@ def failures_table(snap: dict) -> Table | None:
     return table
 
 
+def replay_outcome(result) -> str:
+    """Beside replay's progress bar: what became of the records sent so far (markup)."""
+    parts = []
+    for n, what, style in ((result.stored, "stored", "green"),
+                           (len(result.rejected), "rejected", "yellow"),
+                           (result.records_failed, "failed", "bold red")):
+        parts.append(f"[{style if n else 'dim'}]{n:,} {what}[/]")
+    return " · ".join(parts)
+
+
+def replay_interrupted(result) -> Text:
+    """The one line Ctrl-C leaves before the summary."""
+    line = Text.assemble(("interrupted", "bold yellow"),
+                         f": {result.records_answered:,} of {result.records:,} records sent, "
+                         f"{result.stored:,} stored; the rest was not sent")
+    if result.records_unknown:
+        line.append(f" ({result.records_unknown:,} cut off mid-request may be stored or not: "
+                    "sending them again is harmless)")
+    return line
+
+
 def replay_summary(result) -> Group:
-    table = Table(title="Replay summary", box=box.SIMPLE_HEAVY, show_header=False)
+    title = "Replay summary" + (" (interrupted)" if result.interrupted else "")
+    table = Table(title=title, box=box.SIMPLE_HEAVY, show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("page visits stored", str(result.visits))
     table.add_row("tab aggregates stored", str(result.aggregates))
     table.add_row("records rejected", Text(str(len(result.rejected)), style="red" if result.rejected else ""))
+    table.add_row("records failed (request failed)",
+                  Text(str(result.records_failed), style="bold red" if result.records_failed else ""))
+    if result.interrupted:
+        table.add_row("records not sent (interrupted)", Text(str(result.records_unsent), style="yellow"))
+    if result.records_unknown:
+        table.add_row("records cut off mid-request", Text(str(result.records_unknown), style="yellow"))
     table.add_row("warnings", str(result.warnings))
     table.add_row("jobs enqueued", str(result.jobs))
     table.add_row("requests ok", str(result.requests_ok))

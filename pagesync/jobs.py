@@ -66,9 +66,10 @@ class JobRunner:
             if batch:
                 self._write(lambda: self._process(conn, batch))
                 log.debug("%d jobs done", len(batch))
-        except Exception:
-            log.warning("a batch of %d jobs failed; running them one by one", len(batch),
-                        exc_info=True)
+        except Exception as exc:  # a busy database says it all in one line
+            log.warning("a batch of %d jobs failed (%s: %s); running them one by one",
+                        len(batch), type(exc).__name__, exc,
+                        exc_info=not isinstance(exc, store.StorageBusy))
             outcomes += [(job, self._execute(conn, job)) for job in batch]
         return [(job, delay) for job, delay in outcomes if delay is not None]
 

@@ -237,9 +237,11 @@ def reconcile(conn, huey, settings: Settings, limit: int = RECONCILE_CHUNK,
     every lost job now, not one chunk per PAGESYNC_RECONCILE_INTERVAL. A chunk's jobs are
     not due again (enqueued_at is now), and every chunk is judged as of the pass's start
     (when the queue was seen empty). `keep_going()` runs after each chunk (the supervisor
-    beats in it); the pass stops when it returns False (shutting down) or past `budget` s."""
+    beats in it); the pass stops when it returns False (shutting down) or past `budget` s.
+    While the queue does not answer, the pass raises its error at once (nothing can be
+    delivered until it is back; the worker reports the outage)."""
     start, clock = time.time(), time.monotonic()
-    empty = queue_depth(huey) == 0 and scheduled_depth(huey) == 0
+    empty = int(huey.pending_count()) == 0 and int(huey.scheduled_count()) == 0
     total = 0
     while True:
         done = reconcile_chunk(conn, huey, due_jobs(conn, settings, empty, start, limit),

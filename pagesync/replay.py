@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
 CLIENT_KEYS = ("anonymousClientId", "extensionVersion", "browserName", "browserVersion")
+NOT_SENT = "not sent: interrupted"
 
 
 @dataclass
@@ -34,10 +37,19 @@ class ReplayResult:
     rejected: list = field(default_factory=list)
     failures: list = field(default_factory=list)
     seconds: float = 0.0
+    records: int = 0  # in the payload files
+    records_answered: int = 0  # in requests that got their answer (or gave up)
+    records_failed: int = 0  # in failed requests, less those the server listed as rejected
+    interrupted: bool = False  # Ctrl-C: what was left was not sent
+    records_unknown: int = 0  # in requests cut off by a second Ctrl-C: stored or not
 
     @property
     def stored(self) -> int:
         return self.visits + self.aggregates
+
+    @property
+    def records_unsent(self) -> int:
+        return self.records - self.records_answered - self.records_unknown
 
 
 def load_payloads(path: Path) -> list[dict]:
@@ -89,6 +101,10 @@ class Sender:
         self.token, self.retries, self.timeout, self.gzip = token, retries, timeout, gzip_body
         self._local = threading.local()
         self.unreachable = False
+        self.stopping = threading.Event()  # set on Ctrl-C: send nothing more, retry nothing
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     @property
     def session(self) -> requests.Session:
@@ -98,31 +114,37 @@ class Sender:
 
     def send(self, req: Request) -> tuple[int, dict | None, str]:
         """(status, json body or None, error text). Retries 429/503 and connection errors,
-        honouring Retry-After."""
+        honouring Retry-After. The status is the last answer's (429 or 503 when the
+        retries ran out on them); 0 only when no answer came (connection failed)."""
         data = json.dumps(req.body, ensure_ascii=False).encode("utf-8")
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         if self.gzip:
             data, headers["Content-Encoding"] = gzip.compress(data), "gzip"
+        if self.stopping.is_set():
+            return 0, None, NOT_SENT
         if self.unreachable:
             return 0, None, "not sent: the server was unreachable"
-        delay, error = 0.5, ""
+        delay, status, body, error = 0.5, 0, None, ""
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.post(self.url, data=data, headers=headers, timeout=self.timeout)
             except requests.RequestException as exc:
-                error, wait = f"connection failed: {exc.__class__.__name__}", delay
+                status, body, wait = 0, None, delay
+                error = f"connection failed: {exc.__class__.__name__}"
                 if attempt == self.retries:  # the server stays away: send nothing more
                     self.unreachable = True
             else:
-                body = _json(resp)
-                if resp.status_code not in (429, 503):
-                    return resp.status_code, body, "" if resp.ok else _message(resp, body)
-                error = f"HTTP {resp.status_code}: {_message(resp, body)}"
-                wait = _retry_after(resp, delay)
+                status, body = resp.status_code, _json(resp)
+                if status not in (429, 503):
+                    return status, body, "" if resp.ok else _message(resp, body)
+                error, wait = _message(resp, body), _retry_after(resp, delay)
             if attempt < self.retries:
-                time.sleep(wait)
+                if self.stopping.wait(wait):  # Ctrl-C: no retry
+                    return status, body, f"{error} (not retried: interrupted)"
                 delay = min(delay * 2, 30)
-        return 0, None, error
+        if self.retries:
+            error += f" (gave up after {self.retries + 1} attempts)"
+        return status, body, error
 
 
 def _json(resp) -> dict | None:
@@ -148,9 +170,11 @@ def _retry_after(resp, default: float) -> float:
 
 def record_outcome(result: ReplayResult, req: Request, status: int, body: dict | None, error: str):
     data = (body or {}).get("data") or {}
-    for item in data.get("rejected") or []:
+    rejected = data.get("rejected") or []
+    for item in rejected:
         result.rejected.append({"file": req.source, **item})
     result.warnings += len(data.get("warnings") or [])
+    result.records_answered += req.records
     if 200 <= status < 300:
         result.requests_ok += 1
         result.visits += data.get("page_visits_synced", 0)
@@ -158,27 +182,114 @@ def record_outcome(result: ReplayResult, req: Request, status: int, body: dict |
         result.jobs += data.get("jobs_enqueued", 0)
     else:
         result.requests_failed += 1
+        result.records_failed += max(0, req.records - len(rejected))
         result.failures.append({"file": req.source, "status": status, "error": error,
                                 "records": req.records})
 
 
 def replay(requests_: list[Request], sender: Sender, concurrency: int = 1,
            on_done=None) -> ReplayResult:
-    """Send every request (in order when concurrency is 1, like the extension)."""
-    result = ReplayResult()
+    """Send every request (in order when concurrency is 1, like the extension), calling
+    `on_done(req, result)` after each answer.
+
+    Ctrl-C (SIGINT, when called from the main thread) stops it: nothing more is sent or
+    retried, the requests on their way get their answer, and the result says
+    `interrupted`, with what was stored so far. A second Ctrl-C does not wait for those
+    answers either: their records are counted as `records_unknown`."""
+    result = ReplayResult(records=sum(r.records for r in requests_))
     start = time.monotonic()
 
-    def one(req):
-        return req, *sender.send(req)
-
-    if concurrency <= 1:
-        outcomes = map(one, requests_)
-    else:
-        pool = ThreadPoolExecutor(concurrency)
-        outcomes = pool.map(one, requests_)
-    for req, status, body, error in outcomes:
-        record_outcome(result, req, status, body, error)
+    def done(req, outcome):
+        if outcome[2] == NOT_SENT:
+            return
+        record_outcome(result, req, *outcome)
         if on_done:
-            on_done(req)
+            on_done(req, result)
+
+    with _first_sigint_stops(sender):
+        try:
+            if concurrency <= 1:
+                for req in requests_:
+                    if sender.stopping.is_set():
+                        break
+                    try:
+                        outcome = sender.send(req)
+                    except KeyboardInterrupt:  # the second Ctrl-C, mid-request
+                        result.records_unknown += req.records
+                        raise
+                    done(req, outcome)
+            else:
+                _send_concurrently(requests_, sender, concurrency, done, result)
+        except KeyboardInterrupt:
+            sender.stop()
+    result.interrupted = sender.stopping.is_set()
     result.seconds = time.monotonic() - start
     return result
+
+
+def _send_concurrently(requests_, sender: Sender, concurrency: int, done, result) -> None:
+    futures = _start_sending(requests_, sender, concurrency)
+    i, cancelled = 0, False
+    try:
+        for i, future in enumerate(futures):
+            if sender.stopping.is_set() and not cancelled:
+                cancelled = True
+                for f in futures[i:]:
+                    f.cancel()  # those not started yet
+            if not future.cancelled():
+                done(requests_[i], future.result())
+        i = len(futures)
+    except KeyboardInterrupt:  # the second Ctrl-C: count what is known, leave the rest
+        sender.stop()
+        for req, future in zip(requests_[i:], futures[i:]):
+            if future.done() and not future.cancelled():
+                done(req, future.result())
+            elif not future.cancel():  # on its way: the server may store it or not
+                result.records_unknown += req.records
+        raise
+
+
+def _start_sending(requests_, sender: Sender, concurrency: int) -> list[Future]:
+    """A future per request, sent by `concurrency` daemon threads in order: like a
+    ThreadPoolExecutor, except that a request cut off by a second Ctrl-C does not hold
+    the exit until its answer comes."""
+    futures = [Future() for _ in requests_]
+    todo = iter(range(len(requests_)))
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            if not futures[i].set_running_or_notify_cancel():
+                continue
+            try:
+                futures[i].set_result(sender.send(requests_[i]))
+            except BaseException as exc:
+                futures[i].set_exception(exc)
+
+    for n in range(min(concurrency, len(requests_))):
+        threading.Thread(target=work, name=f"replay-{n}", daemon=True).start()
+    return futures
+
+
+@contextmanager
+def _first_sigint_stops(sender: Sender):
+    """While sending, the first SIGINT stops the sender (KeyboardInterrupt only from the
+    second one on): a Ctrl-C then cuts no request short and leaves no count half done."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+        yield
+        return
+
+    def first(signum, frame):
+        sender.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

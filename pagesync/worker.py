@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
+import threading
 import time
+from contextlib import contextmanager
 
 import redis
-from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Worker
+from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Scheduler, Worker
 
 from . import jobs, jobstate, processing, store
 from .config import Settings
@@ -40,35 +44,150 @@ def next_batch_size(size: int, taken: int, seconds: float, limit: int) -> int:
     return min(size, max(1, limit))
 
 
+# ---------------------------------------------------------------- outages
+
+REMINDER_SECONDS = 60.0
+OUTAGES = ("database", "queue")
+WORDS = {  # outage: (when it starts, while it lasts, when it ends)
+    "database": ("database busy", "database still busy", "database available again"),
+    "queue": ("queue unreachable", "queue still unreachable", "queue reachable again"),
+}
+
+
+def outage_of(exc: BaseException, busy: str = "database") -> str | None:
+    """The expected outage an error means, or None for an unexpected error: a Redis queue
+    that does not answer ("queue"), or a SQLite file locked past its timeout (`busy`:
+    "database", or "queue" for an operation on a queue in its own SQLite file)."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
+        return "queue"
+    if isinstance(exc, store.StorageBusy) or (
+            isinstance(exc, sqlite3.OperationalError) and store.is_busy(exc)):
+        return busy
+    return None
+
+
+class Outages:
+    """A busy database or an unreachable queue is an expected condition, not a bug: the
+    worker keeps retrying and recovers by itself. So it is logged like one, once for the
+    whole consumer: a WARNING line (no traceback) when the first error shows it, a
+    reminder at most every `reminder` s while it lasts, and an INFO line with how long it
+    lasted when an operation that needs it succeeds again.
+
+    Shared by the consumer's threads, and by its processes: the state lives in shared
+    memory made before they fork. Callers report errors with `failed(exc)` (False: not an
+    outage, log it as the error it is) and successes with `ok(outage)`: only after an
+    operation that fails while the outage lasts (a write to the database, a call to Redis),
+    so a read that SQLite allows under a lock never ends an outage early."""
+
+    def __init__(self, reminder: float = REMINDER_SECONDS, clock=time.monotonic,
+                 logger: logging.Logger | None = None):
+        self.reminder, self.clock, self.log = reminder, clock, logger or log
+        size = 3 * len(OUTAGES)  # per outage: on (0/1), since, last said
+        try:
+            ctx = multiprocessing.get_context("fork")
+            self.state, self.lock = ctx.RawArray("d", size), ctx.Lock()
+        except ValueError:  # no fork on this platform: thread workers only
+            self.state, self.lock = [0.0] * size, threading.Lock()
+
+    @contextmanager
+    def _locked(self):
+        # a process killed while holding the lock must not stop the others: at worst a
+        # line is said twice
+        got = self.lock.acquire(timeout=1.0)
+        try:
+            yield
+        finally:
+            if got:
+                self.lock.release()
+
+    def failed(self, exc: BaseException, busy: str = "database") -> bool:
+        """Log an expected outage (once, then a reminder now and then) and return True;
+        return False, logging nothing, for any other error."""
+        outage = outage_of(exc, busy)
+        if outage is None:
+            return False
+        i, now, said = 3 * OUTAGES.index(outage), self.clock(), None
+        starts, lasts, _ = WORDS[outage]
+        with self._locked():
+            if not self.state[i]:
+                self.state[i], self.state[i + 1], self.state[i + 2] = 1, now, now
+                said = f"{starts} ({type(exc).__name__}: {exc}); the worker keeps retrying"
+            elif now - self.state[i + 2] >= self.reminder:
+                self.state[i + 2] = now
+                said = (f"{lasts} after {now - self.state[i + 1]:.0f} s "
+                        f"({type(exc).__name__}: {exc})")
+        if said:
+            self.log.warning(said)
+        return True
+
+    def ok(self, outage: str) -> None:
+        """An operation that needs `outage`'s resource succeeded: the outage, if any, is over."""
+        i = 3 * OUTAGES.index(outage)
+        if not self.state[i]:  # the usual case, without the lock
+            return
+        with self._locked():
+            if not self.state[i]:
+                return
+            self.state[i] = 0
+            lasted = self.clock() - self.state[i + 1]
+        self.log.info("%s after %.0f s", WORDS[outage][2], lasted)
+
+    def active(self, outage: str) -> bool:
+        return bool(self.state[3 * OUTAGES.index(outage)])
+
+
+def queue_outage(settings: Settings) -> str:
+    """Which outage a busy queue is: the database's when the queue lives in it."""
+    return "database" if settings.queue_in_db else "queue"
+
+
 class BatchWorker(Worker):
     """A Huey worker that dequeues up to `size` messages at once and runs pagesync's tasks
     through JobRunner.run_many; other messages (and messages not yet due) go through
     Huey's own execute."""
 
     def __init__(self, huey, stop_flag, default_delay, max_delay, backoff, max_tasks=None,
-                 settings: Settings | None = None):
+                 settings: Settings | None = None, outages: Outages | None = None):
         super().__init__(huey, stop_flag, default_delay, max_delay, backoff, max_tasks)
         self.settings = settings
+        self.outages = outages or Outages()
+        self.queue_outage = queue_outage(settings)
         self.size = 1
 
     def loop(self, now=None):
         try:
             messages = dequeue_batch(self.huey, self.size)
-        except Exception:
-            self._logger.exception("Error reading from queue")
+        except Exception as exc:
+            if not self.outages.failed(exc, self.queue_outage):
+                self._logger.exception("Error reading from queue")
             self.sleep()
             return
+        # Redis answered; SQLite took its write lock only if there was a message to take
+        if messages or self.settings.queue_kind == "redis":
+            self.outages.ok(self.queue_outage)
         if not messages:
             if not self.huey.storage.blocking:
                 self.sleep()
             return
         self.delay = self.default_delay
         started = time.monotonic()
-        self.run_messages(messages, now)
+        try:
+            ran = self.run_messages(messages, now)
+        except Exception as exc:
+            # The database stayed busy past its timeout (or the queue went away while
+            # scheduling a retry): these jobs keep their state in the database and the
+            # reconciler delivers them again, as when a worker dies; this one waits.
+            if not self.outages.failed(exc):
+                raise
+            self.sleep()
+            return
+        if ran:
+            self.outages.ok("database")
         self.size = next_batch_size(self.size, len(messages), time.monotonic() - started,
                                     self.settings.worker_batch)
 
-    def run_messages(self, messages: list, now=None) -> None:
+    def run_messages(self, messages: list, now=None) -> int:
+        """Run the messages; returns how many were pagesync jobs."""
         ours, tasks = [], []
         for data in messages:
             try:
@@ -88,6 +207,7 @@ class BatchWorker(Worker):
             self.huey._tasks_in_flight.difference_update(ours)
         for job, delay in retries:
             jobs.schedule_retry(self.huey, job, delay)
+        return len(ours)
 
     def execute(self, task, now=None) -> None:
         try:
@@ -96,13 +216,52 @@ class BatchWorker(Worker):
             self._logger.exception("Unhandled error during execution of task %s.", task.id)
 
 
+class PagesyncScheduler(Scheduler):
+    """Huey's scheduler (the retries of failed jobs wait in its schedule): its loop as in
+    Huey 3.5, with a busy database or an unreachable queue reported as an outage rather
+    than a traceback every second."""
+
+    def __init__(self, huey, stop_flag, interval, periodic, outages: Outages, busy: str):
+        super().__init__(huey, stop_flag, interval, periodic)
+        self.outages, self.busy = outages, busy
+
+    def loop(self, now=None):
+        current = self._next_loop
+        self._next_loop += self.interval
+        if self._next_loop < time.monotonic():
+            self._logger.debug("scheduler skipping iteration to avoid race.")
+            self._next_loop = time.monotonic()
+            return
+        try:
+            task_list = self.huey.read_schedule(now)  # a write: SQLite's lock, or Redis
+        except Exception as exc:
+            if not self.outages.failed(exc, self.busy):
+                self._logger.exception("Error reading schedule.")
+            task_list = []
+        else:
+            self.outages.ok(self.busy)
+        for task in task_list:
+            try:
+                self.huey.enqueue(task)
+            except Exception as exc:  # the job stays 'retrying': the reconciler has it
+                if not self.outages.failed(exc, self.busy):
+                    self._logger.exception("Error enqueueing %s.", task)
+        if self.periodic and self._next_periodic <= time.monotonic():
+            while self._next_periodic <= time.monotonic():
+                self._next_periodic += self.periodic_task_seconds
+            self.enqueue_periodic_tasks(now)
+        self.sleep_for_interval(current, self.interval)
+
+
 class Supervisor(BaseProcess):
     """Heartbeat, reconciler and pruning: one more thread or process of the consumer."""
     process_name = "Supervisor"
 
-    def __init__(self, huey, stop_flag, settings: Settings, workers: int, kind: str, pid: int):
+    def __init__(self, huey, stop_flag, settings: Settings, workers: int, kind: str, pid: int,
+                 outages: Outages | None = None):
         super().__init__(huey, stop_flag)
         self.settings, self.workers, self.kind, self.pid = settings, workers, kind, pid
+        self.outages = outages or Outages()
         self.name_ = jobs.WORKER_NAME["name"]
         self.conn = self.queue = None
         self.next_reconcile = 0.0
@@ -116,14 +275,18 @@ class Supervisor(BaseProcess):
     def loop(self, now=None) -> None:
         try:
             self.beat()
+            self.outages.ok("database")
             if time.monotonic() >= self.next_reconcile:
                 reconcile(self.conn, self.queue, self.settings, keep_going=self.between_chunks)
+                if self.settings.queue_kind == "redis":  # it asked Redis for the depth
+                    self.outages.ok("queue")
                 self.next_reconcile = time.monotonic() + self.settings.reconcile_interval
             if time.monotonic() >= self.next_prune:
                 prune(self.conn, self.settings)
                 self.next_prune = time.monotonic() + 300
-        except Exception:
-            self._logger.exception("supervisor round failed; trying again")
+        except Exception as exc:
+            if not self.outages.failed(exc):
+                self._logger.exception("supervisor round failed; trying again")
         self.stop_flag.wait(self.settings.worker_heartbeat)
 
     def beat(self) -> None:
@@ -165,10 +328,11 @@ def prune(conn, settings: Settings) -> None:
 
 
 class RepeatedErrors(logging.Filter):
-    """An error that repeats (the queue is down: every poll fails) is logged once per
+    """An unexpected error that repeats (every poll fails the same way) is logged once per
     `every` seconds, with its traceback only the first time (never for a connection
     error: the message says it all); rendering tracebacks at each poll would burn the
-    CPU the worker is meant to leave alone while it waits."""
+    CPU the worker is meant to leave alone. Expected outages (a busy database, an
+    unreachable queue) never get here: `Outages` reports them."""
 
     def __init__(self, every: float = 30.0):
         super().__init__()
@@ -230,9 +394,11 @@ class PagesyncConsumer(Consumer):
     """Huey's consumer with BatchWorker workers and the Supervisor, started after the
     workers (so no thread exists when they are forked)."""
     worker_class = BatchWorker
+    scheduler_class = PagesyncScheduler
 
     def __init__(self, huey, settings: Settings, **options):
         self.settings = settings
+        self.outages = Outages()  # before any thread or process: shared by all of them
         super().__init__(huey, **options)
         self.supervisor = self._new_supervisor()
         # Both SIGTERM (systemd, Docker, Kubernetes) and SIGINT (Ctrl-C) stop gracefully.
@@ -248,11 +414,16 @@ class PagesyncConsumer(Consumer):
         return self.worker_class(
             huey=self.huey, stop_flag=self.stop_flag, default_delay=self.default_delay,
             max_delay=self.max_delay, backoff=self.backoff, max_tasks=self.max_tasks,
-            settings=self.settings)
+            settings=self.settings, outages=self.outages)
+
+    def _create_scheduler(self):
+        return self.scheduler_class(
+            huey=self.huey, stop_flag=self.stop_flag, interval=self.scheduler_interval,
+            periodic=self.periodic, outages=self.outages, busy=queue_outage(self.settings))
 
     def _new_supervisor(self):
         sup = Supervisor(self.huey, self.stop_flag, self.settings, self.workers,
-                         self.worker_type, os.getpid())
+                         self.worker_type, os.getpid(), self.outages)
         return self._create_process(sup, "Supervisor")
 
     def start(self):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from pagesync import procs, store
@@ -50,7 +51,6 @@ class RedisServer:
             stderr=subprocess.DEVNULL)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         deadline = time.monotonic() + 10
-        import redis
         while time.monotonic() < deadline:
             try:
                 redis.Redis.from_url(self.url).ping()
@@ -61,6 +61,34 @@ class RedisServer:
 
     def stop(self):
         procs.stop(self.proc, timeout=5)
+
+
+class DedicatedRedis:
+    """A redis-server of this test's own (no persistence) on a fixed free port, so it can
+    be stopped and started again at the same address."""
+
+    def __init__(self, tmp):
+        need("redis-server", shutil.which("redis-server") is not None)
+        self.tmp, self.port, self.proc = tmp, procs.free_port(), None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.ping(), 10, "redis-server to answer")
+
+    def ping(self) -> bool:
+        try:
+            return redis.Redis.from_url(self.url, socket_timeout=1).ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self):
+        if self.proc is not None:
+            procs.stop(self.proc, timeout=5)
+            self.proc = None
 
 
 @dataclass
@@ -155,3 +183,9 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval
 
 def row_count(conn, table: str) -> int:
     return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def worker_log(st) -> str:
+    """What the stack's workers logged so far."""
+    path = st.tmp / "worker.log"
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -5,7 +5,6 @@ drain, Redis going away for a while."""
 import copy
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pagesync import procs, queue, stats, store
 from pagesync.config import Settings
 from pagesync.queue import make_huey
 
-from .helpers import need, reference, row_count, wait_for
+from .helpers import DedicatedRedis, reference, row_count, wait_for, worker_log
 
 FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
 
@@ -382,34 +381,6 @@ def test_shutdown_timeout_cuts_long_jobs_which_run_again_later(stack_factory, ki
 
 # ---------------------------------------------------------------- Redis away for a while
 
-class DedicatedRedis:
-    """A redis-server of this test's own (no persistence) on a fixed free port, so it can
-    be stopped and started again at the same address."""
-
-    def __init__(self, tmp):
-        need("redis-server", shutil.which("redis-server") is not None)
-        self.tmp, self.port, self.proc = tmp, procs.free_port(), None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.ping(), 10, "redis-server to answer")
-
-    def ping(self) -> bool:
-        try:
-            return redis.Redis.from_url(self.url, socket_timeout=1).ping()
-        except redis.ConnectionError:
-            return False
-
-    def stop(self):
-        if self.proc is not None:
-            procs.stop(self.proc, timeout=5)
-            self.proc = None
-
-
 def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory, tmp_path):
     server = DedicatedRedis(tmp_path)
     server.start()
@@ -452,6 +423,11 @@ def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory
         snap = st.snapshot()
         assert snap["pending"] == 0 and snap["queue_depth"] == 0
         assert "unreachable" not in st.cli("watch", "--once").stdout
+        # the outage in the log: one warning, no traceback, and when it ended
+        log = worker_log(st)
+        assert log.count("queue unreachable") == 1, log
+        assert log.count("queue reachable again after") == 1, log
+        assert "ERROR" not in log and "Traceback" not in log, log
     finally:
         server.stop()
 

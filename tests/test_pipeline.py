@@ -1,6 +1,16 @@
 """Issue 2: the whole pipeline with real processes (server and worker on free ports)."""
 import copy
 import json
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from pagesync import procs
+from pagesync.replay import ReplayResult, Request, record_outcome
 
 from .helpers import SAMPLES, reference, row_count, wait_for
 
@@ -139,10 +149,88 @@ def test_replay_cli_reports_and_exit_codes(stack):
     assert out["visits"] > 200 and out["aggregates"] > 40
     fields = {e["field"] for r in out["rejected"] for e in r["errors"]}
     assert {"url", "startedAt", "duration", "category", "engagementRate", "id"} <= fields
+    # every record accounted for: stored, rejected, or in a failed request
+    assert out["stored"] == out["visits"] + out["aggregates"]
+    assert out["stored"] + len(out["rejected"]) + out["records_failed"] == out["records"]
+    assert out["records_failed"] == 0 and out["records_unsent"] == 0 and not out["interrupted"]
     bad = stack.cli("replay", str(SAMPLES), "--url", stack.url, "--token", "nope", "--retries", "0",
                     check=False)
     assert bad.returncode == 1
     assert "Unknown or revoked token" in bad.stdout
+    # the progress bar counts them as sent, and shows that none was stored
+    total = out["records"]
+    assert f"{total}/{total} records sent  0 stored · 0 rejected · {total} failed" in bad.stderr
+    assert re.search(rf"records failed \(request failed\) +{total}\b", bad.stdout), bad.stdout
+    assert re.search(r"page visits stored +0\b", bad.stdout), bad.stdout
+
+
+def test_replay_reports_the_status_a_request_gave_up_on(stack):
+    """A 503 that outlasts the retries is reported as 503 (0 means: no answer at all)."""
+    token = stack.token()
+    holder = sqlite3.connect(stack.settings.db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another program holds the database
+    try:
+        res = stack.cli("replay", str(SAMPLES / "desktop_2_aggregates.json"), "--url", stack.url,
+                        "--token", token, "--retries", "0", "--json", check=False)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert res.returncode == 1
+    (failure,) = json.loads(res.stdout)["failures"]
+    assert failure["status"] == 503
+    assert failure["error"] == "Storage busy, retry later"
+
+
+def test_replay_counts_each_record_once_as_stored_rejected_or_failed():
+    result = ReplayResult(records=30)
+    req = Request("f.json", {}, 10)
+    rejected = [{"type": "pageVisit", "index": 0, "id": "x", "errors": []}]
+    record_outcome(result, req, 200, {"data": {"page_visits_synced": 9, "rejected": rejected}}, "")
+    record_outcome(result, req, 400, {"data": {"rejected": rejected * 10}}, "Every record was rejected")
+    record_outcome(result, req, 503, None, "Storage busy, retry later")
+    assert (result.stored, len(result.rejected), result.records_failed) == (9, 11, 10)
+    assert result.records_answered == 30 and result.records_unsent == 0
+
+
+def many_visits(n: int, prefix: str) -> dict:
+    start = 1764547200000
+    return {"pageVisits": [{"id": f"{prefix}_{i}", "url": f"https://example.org/{i}",
+                            "startedAt": start + i * 1000, "duration": 1000, "tabId": 1}
+                           for i in range(n)]}
+
+
+@pytest.mark.parametrize("concurrency,as_json", [(1, False), (4, True)])
+def test_ctrl_c_stops_replay_with_what_was_stored_so_far(stack, tmp_path, concurrency, as_json):
+    token = stack.token()
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(many_visits(3000, "int")))
+    args = ["replay", str(path), "--url", stack.url, "--token", token, "--batch-size", "1",
+            "--concurrency", str(concurrency)] + (["--json"] if as_json else [])
+    proc = subprocess.Popen([sys.executable, "-m", "pagesync", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=procs.child_env(stack.settings))
+    try:
+        wait_for(lambda: row_count(stack.conn(), "page_visits") >= 50, 30, "replay under way")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    stored = row_count(stack.conn(), "page_visits")
+    assert 50 <= stored < 3000
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), err
+    assert f"{stored:,} stored; the rest was not sent" in lines[0]
+    assert "Traceback" not in err
+    if as_json:  # the requests on their way got their answer: the count is exact
+        summary = json.loads(out)
+        assert summary["interrupted"] and summary["stored"] == stored
+        assert summary["records_unknown"] == 0
+        assert summary["records_unsent"] == 3000 - stored - summary["records_failed"]
+    else:
+        assert "Replay summary (interrupted)" in out
+        assert re.search(rf"page visits stored +{stored}\b", out), out
 
 
 def test_replay_splits_files_over_the_batch_limit(stack):

@@ -3,8 +3,11 @@ everything and stop on SIGTERM/SIGINT, exact rollups with several workers, batch
 keep every job's own outcome, and bulk enqueue that really is bulk."""
 import copy
 import json
+import multiprocessing
 import os
 import signal
+import sqlite3
+import threading
 import time
 import uuid
 
@@ -15,9 +18,11 @@ from hypothesis import HealthCheck, given, settings as hyp_settings, strategies 
 
 from pagesync import jobs, jobstate, payload, queue, stats, store
 from pagesync.config import Settings
-from pagesync.worker import BATCH_SECONDS, next_batch_size
+from pagesync import worker as worker_mod
+from pagesync.worker import (BATCH_SECONDS, BatchWorker, Outages, PagesyncScheduler,
+                             next_batch_size)
 
-from .helpers import reference, row_count, wait_for
+from .helpers import DedicatedRedis, reference, row_count, wait_for, worker_log
 from .test_rollups_exact import make_scenario
 
 FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
@@ -308,3 +313,144 @@ def test_batches_of_any_size_keep_rollups_exact(tmp_path, rng, users, tz):
     assert states_ == {"done"}
     check = stats.verify(conn, tz)
     assert check["equal"], check["differences"]
+
+
+# ---------------------------------------------------------------- outages in the log
+
+def test_an_outage_is_one_warning_a_reminder_a_minute_and_one_line_when_it_ends(caplog):
+    clock = [1000.0]
+    out = Outages(reminder=60, clock=lambda: clock[0])
+    down = redis.ConnectionError("Connection refused.")
+    with caplog.at_level("INFO", logger="pagesync.worker"):
+        for t in range(0, 130, 2):  # every poll of every worker fails for 2 minutes
+            clock[0] = 1000 + t
+            assert out.failed(down)
+        out.ok("database")  # the database was never away: nothing to say
+        clock[0] = 1140
+        out.ok("queue")
+        out.ok("queue")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", "queue unreachable (ConnectionError: Connection refused.); "
+                    "the worker keeps retrying"),
+        ("WARNING", "queue still unreachable after 60 s (ConnectionError: Connection refused.)"),
+        ("WARNING", "queue still unreachable after 120 s (ConnectionError: Connection refused.)"),
+        ("INFO", "queue reachable again after 140 s")]
+    assert all(r.exc_info is None for r in caplog.records)
+    caplog.clear()
+    # what counts as an outage, and of what
+    assert not out.failed(RuntimeError("a bug"))
+    assert not out.failed(sqlite3.OperationalError("no such table: jobs"))
+    assert out.failed(store.StorageBusy("database is locked"))
+    assert out.failed(sqlite3.OperationalError("database is locked"), busy="queue")
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "database busy", "queue unreachable"]
+
+
+def test_outages_are_shared_by_forked_worker_processes(caplog):
+    """Process workers each see the outage; it is said once for the whole consumer."""
+    out = Outages()
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=out.failed, args=(store.StorageBusy("database is locked"),))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0 and out.active("database")
+    with caplog.at_level("INFO", logger="pagesync.worker"):
+        assert out.failed(store.StorageBusy("database is locked"))  # said by the child
+        out.ok("database")
+    assert [r.getMessage().split(" after")[0] for r in caplog.records] == [
+        "database available again"]
+
+
+def test_unexpected_errors_in_the_worker_loops_keep_their_traceback(tmp_path, monkeypatch,
+                                                                     caplog):
+    settings = Settings(db=str(tmp_path / "w.db"))
+    store.init_db(settings.db)
+    huey = queue.make_huey(settings)
+    out = Outages()
+    w = BatchWorker(huey, threading.Event(), 0.001, 0.001, 1.0, settings=settings, outages=out)
+    errors = [RuntimeError("a bug"), store.StorageBusy("database is locked"),
+              store.StorageBusy("database is locked")]
+
+    def dequeue(huey_, size):
+        raise errors.pop(0)
+
+    monkeypatch.setattr(worker_mod, "dequeue_batch", dequeue)
+    stopped = threading.Event()
+    stopped.set()  # no waiting between rounds
+    sched = PagesyncScheduler(huey, stopped, 1, False, out, "database")
+    real_read = huey.read_schedule
+    monkeypatch.setattr(huey, "read_schedule", lambda now=None: (_ for _ in ()).throw(
+        ZeroDivisionError("another bug")))
+    with caplog.at_level("INFO"):
+        for _ in range(3):
+            w.loop()
+        sched.loop()
+        monkeypatch.setattr(huey, "read_schedule", real_read)
+        sched.loop()  # the schedule's write went through: the database is back
+    said = [(r.levelname, r.getMessage().split(" (")[0], bool(r.exc_info))
+            for r in caplog.records]
+    assert said == [("ERROR", "Error reading from queue", True),
+                    ("WARNING", "database busy", False),
+                    ("ERROR", "Error reading schedule.", True),
+                    ("INFO", "database available again after 0 s", False)]
+
+
+def hold_database(path: str):
+    """Another program's exclusive transaction on the database (a backup, a sqlite3 shell)."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_locked_database_is_one_warning_then_one_line_when_it_is_free(stack_factory, kind):
+    st = stack_factory(**FAST)
+    st.start_server()
+    token = st.token()
+    worker = st.start_worker(kind=kind)
+    wait_for(lambda: any(w["state"] == "alive" for w in st.snapshot()["workers"]), 20,
+             "the worker's heartbeat")
+    holder = hold_database(st.settings.db)
+    try:  # past the 10 s busy timeout, the scheduler and the supervisor fail every round
+        wait_for(lambda: "database busy" in worker_log(st), 30, "the worker to log the lock")
+        time.sleep(2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_for(lambda: "database available again" in worker_log(st), 15, "the end of the outage")
+    sync_ok(st, token, visits_body(20))
+    st.wait_drained(30)  # it recovered by itself
+    assert states(st) == {"done": 20}
+    assert worker.poll() is None
+    log = worker_log(st)
+    assert log.count("database busy") == 1, log
+    assert log.count("database available again after") == 1, log
+    assert "ERROR" not in log and "Traceback" not in log, log
+
+
+def test_redis_going_away_under_a_running_worker_is_one_warning(stack_factory, tmp_path):
+    server = DedicatedRedis(tmp_path)
+    server.start()
+    try:
+        st = stack_factory(server.url, **FAST)
+        st.start_server()
+        token = st.token()
+        worker = st.start_worker(kind="process")
+        wait_for(lambda: any(w["state"] == "alive" for w in st.snapshot()["workers"]), 20,
+                 "the worker's heartbeat")
+        server.stop()
+        wait_for(lambda: "queue unreachable" in worker_log(st), 10, "the worker to log it")
+        sync_ok(st, token, visits_body(20))  # pending while Redis is away
+        time.sleep(4)  # polls, scheduler ticks, heartbeats and reconciles all fail meanwhile
+        server.start()
+        wait_for(lambda: "queue reachable again" in worker_log(st), 15, "the end of the outage")
+        st.wait_drained(30)
+        assert states(st) == {"done": 20}
+        assert worker.poll() is None
+        log = worker_log(st)
+        assert log.count("queue unreachable") == 1, log
+        assert log.count("queue reachable again after") == 1, log
+        assert "ERROR" not in log and "Traceback" not in log, log
+    finally:
+        server.stop()

@@ -8,6 +8,7 @@ are written in the batch's own transaction (an outbox: stored and queued, or nei
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -154,12 +155,53 @@ def _sqlite_dequeue(storage, limit: int) -> list[bytes]:
     return [bytes(data) for _, data in sorted(rows)]
 
 
-def queue_depth(huey) -> int:
+class Reachability:
+    """How a process that only looks at the queue (server: /readyz, /metrics, the
+    dashboard; `watch`) logs an unreachable queue: one WARNING when it goes, a reminder at
+    most every `reminder` s, one INFO line with how long it lasted when it is back;
+    not a line per look (Prometheus scrapes, dashboards poll)."""
+
+    def __init__(self, reminder: float = 60.0, clock=time.monotonic):
+        self.reminder, self.clock = reminder, clock
+        self.since = self.said = None
+        self.lock = threading.Lock()
+
+    def down(self, exc: BaseException) -> None:
+        now = self.clock()
+        with self.lock:
+            first = self.since is None
+            if not first and now - self.said < self.reminder:
+                return
+            self.since = self.since if not first else now
+            self.said = now
+            lasted = now - self.since
+        if first:
+            log.warning("queue unreachable (%s: %s)", type(exc).__name__, exc)
+        else:
+            log.warning("queue still unreachable after %.0f s (%s: %s)", lasted,
+                        type(exc).__name__, exc)
+
+    def up(self) -> None:
+        if self.since is None:  # the usual case, without the lock
+            return
+        with self.lock:
+            if self.since is None:
+                return
+            lasted, self.since = self.clock() - self.since, None
+        log.info("queue reachable again after %.0f s", lasted)
+
+
+REACHABILITY = Reachability()
+
+
+def queue_depth(huey, reach: Reachability = REACHABILITY) -> int:
     try:
-        return int(huey.pending_count())
+        depth = int(huey.pending_count())
     except Exception as exc:  # the queue is unreachable: callers show it as unknown
-        log.warning("queue unreachable (%s: %s)", type(exc).__name__, exc)
+        reach.down(exc)
         return -1
+    reach.up()
+    return depth
 
 
 def scheduled_depth(huey) -> int:

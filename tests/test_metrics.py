@@ -105,3 +105,35 @@ def test_metrics_token_guards_the_page(stack_factory):
     resp = requests.get(st.url + "/metrics", headers={"Authorization": "Bearer s3cret-scrape"},
                         timeout=10)
     assert resp.status_code == 200 and "pagesync_queue_depth" in resp.text
+
+
+def test_an_unreachable_queue_is_logged_once_not_per_look(caplog):
+    """Prometheus scrapes and dashboards poll: a queue that stays away is one WARNING, a
+    reminder a minute, and one INFO line with how long it lasted."""
+    import logging
+
+    import redis
+
+    from pagesync.queue import Reachability, queue_depth
+
+    class FakeHuey:
+        up = False
+
+        def pending_count(self):
+            if not self.up:
+                raise redis.ConnectionError("Connection refused")
+            return 7
+
+    now = [100.0]
+    reach, huey = Reachability(reminder=60, clock=lambda: now[0]), FakeHuey()
+    caplog.set_level(logging.INFO, logger="pagesync.queue")
+    for _ in range(30):  # 30 looks over 75 s
+        assert queue_depth(huey, reach) == -1
+        now[0] += 2.5
+    huey.up = True
+    assert queue_depth(huey, reach) == 7 and queue_depth(huey, reach) == 7
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["queue unreachable (ConnectionError: Connection refused)",
+                     "queue still unreachable after 60 s (ConnectionError: Connection refused)",
+                     "queue reachable again after 75 s"]
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "INFO"]

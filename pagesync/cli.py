@@ -333,6 +333,27 @@ def jobs_retry(ids: JobIds = None, all_: AllFailed = False,
                       " (queue unreachable: the worker's reconciler will enqueue them)"))
 
 
+@jobs_app.command("reprocess")
+def jobs_reprocess(
+    task: Annotated[Optional[str], typer.Option(
+        help="Only this task: ProcessPageVisit or ProcessTabAggregate.")] = None,
+    db: Db = None, as_json: AsJson = False,
+):
+    """Process every stored record again with this version's rules (after an upgrade that
+    changed how hosts, sites or categories are computed). The rollups are corrected as
+    each job runs; a running `pagesync worker` picks them up at its next reconcile."""
+    if task is not None and task not in store.TASKS:
+        fail(f"--task must be one of {', '.join(store.TASKS)}", 2)
+    s = settings(db)
+    n = jobstate.reprocess(conn_for(s, create=False), task)
+    if as_json:
+        print(json.dumps({"reprocessing": n}))
+        return
+    console.print(f"{n:,} job(s) marked for processing again. A running `pagesync worker` "
+                  f"delivers them at its next reconcile (every {s.reconcile_interval:g} s, and "
+                  "at its start); `pagesync watch` shows them as awaiting delivery until then.")
+
+
 @jobs_app.command("discard")
 def jobs_discard(ids: JobIds = None, all_: AllFailed = False,
                  db: Db = None, as_json: AsJson = False):

@@ -205,5 +205,18 @@ def retry(conn, ids: list | None) -> list:
                         "created_at = ?, next_attempt_at = NULL", (time.time(),))
 
 
+def reprocess(conn, task: str | None = None) -> int:
+    """Every processed job (of `task`, or both) back to pending, so the current processing
+    rules run again on every stored record (after an upgrade that changed them). Each run
+    swaps the record's old rollup contribution for the new one, so the rollups end up as a
+    fresh computation would give. The worker's reconciler delivers them, in chunks."""
+    with transaction(conn):
+        return conn.execute(
+            "UPDATE jobs SET state = 'pending', attempts = 0, created_at = 0, enqueued_at = NULL, "
+            "next_attempt_at = NULL, error = NULL, traceback = NULL "
+            "WHERE state = 'done'" + (" AND task = ?" if task else ""),
+            (task,) if task else ()).rowcount
+
+
 def discard(conn, ids: list | None) -> int:
     return len(_move_failed(conn, ids, "state = 'discarded', traceback = NULL"))

@@ -515,3 +515,39 @@ def test_database_from_the_two_file_layout_is_processed_after_upgrade(stack_fact
     new.start_worker()
     new.wait_drained(40)
     all_processed(new)
+
+
+def test_jobs_reprocess_corrects_rollups_made_by_older_rules(stack_factory):
+    """After an upgrade that changed the processing rules (a host key, say), `pagesync jobs
+    reprocess` runs every record again and the rollups end up as a fresh computation."""
+    st = stack_factory("sqlite", **FAST)
+    st.start_server()
+    n = sync_both(st, st.token())
+    st.start_worker()
+    st.wait_drained(60)
+    all_processed(st)
+    for proc in st.workers:
+        procs.stop(proc, timeout=20)
+    st.workers.clear()
+
+    # what an older version would have left: another key for one host, in the rollups and
+    # in each record's applied contribution (kept consistent, as processing keeps them)
+    conn = st.conn()
+    host = conn.execute("SELECT host FROM rollups GROUP BY host ORDER BY SUM(visits) DESC").fetchone()[0]
+    old = "old-rules." + host
+    with store.transaction(conn):
+        conn.execute("UPDATE rollups SET host = ? WHERE host = ?", (old, host))
+        for table in ("page_visits", "tab_aggregates"):
+            conn.execute(f"UPDATE {table} SET applied = replace(applied, ?, ?)",
+                         (json.dumps(host), json.dumps(old)))
+    assert not stats.verify(conn, st.settings.timezone)["equal"]
+
+    out = json.loads(st.cli("jobs", "reprocess", "--json").stdout)
+    assert out == {"reprocessing": n}
+    assert st.snapshot()["pending"] == n
+    st.start_worker()
+    st.wait_drained(60)
+    all_processed(st)
+    assert not conn.execute("SELECT 1 FROM rollups WHERE host = ?", (old,)).fetchall()
+    res = st.cli("jobs", "reprocess", "--task", "Nope", check=False)
+    assert res.returncode == 2 and "--task must be one of" in res.stderr

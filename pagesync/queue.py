@@ -156,17 +156,22 @@ def _sqlite_dequeue(storage, limit: int) -> list[bytes]:
 
 
 class Reachability:
-    """How a process that only looks at the queue (server: /readyz, /metrics, the
-    dashboard; `watch`) logs an unreachable queue: one WARNING when it goes, a reminder at
-    most every `reminder` s, one INFO line with how long it lasted when it is back;
-    not a line per look (Prometheus scrapes, dashboards poll)."""
+    """How a server or `watch` logs an outage it only runs into (the queue unreachable
+    when /readyz, /metrics, the dashboard or a sync's enqueue look; the database busy
+    when a sync answers 503): one WARNING when it starts, a reminder at most every
+    `reminder` s, one INFO line with how long it lasted when it is over; not a line per
+    request (Prometheus scrapes, dashboards poll, extensions retry)."""
 
-    def __init__(self, reminder: float = 60.0, clock=time.monotonic):
+    def __init__(self, what: str = "queue", reminder: float = 60.0, clock=time.monotonic):
         self.reminder, self.clock = reminder, clock
+        self.starts, self.lasts, self.ends = {
+            "queue": ("queue unreachable", "queue still unreachable", "queue reachable again"),
+            "database": ("database busy", "database still busy", "database available again"),
+        }[what]
         self.since = self.said = None
         self.lock = threading.Lock()
 
-    def down(self, exc: BaseException) -> None:
+    def down(self, exc: BaseException, consequence: str = "") -> None:
         now = self.clock()
         with self.lock:
             first = self.since is None
@@ -176,10 +181,9 @@ class Reachability:
             self.said = now
             lasted = now - self.since
         if first:
-            log.warning("queue unreachable (%s: %s)", type(exc).__name__, exc)
+            log.warning("%s (%s: %s)%s", self.starts, type(exc).__name__, exc, consequence)
         else:
-            log.warning("queue still unreachable after %.0f s (%s: %s)", lasted,
-                        type(exc).__name__, exc)
+            log.warning("%s after %.0f s (%s: %s)", self.lasts, lasted, type(exc).__name__, exc)
 
     def up(self) -> None:
         if self.since is None:  # the usual case, without the lock
@@ -188,10 +192,10 @@ class Reachability:
             if self.since is None:
                 return
             lasted, self.since = self.clock() - self.since, None
-        log.info("queue reachable again after %.0f s", lasted)
+        log.info("%s after %.0f s", self.ends, lasted)
 
 
-REACHABILITY = Reachability()
+REACHABILITY = Reachability("queue")
 
 
 def queue_depth(huey, reach: Reachability = REACHABILITY) -> int:
@@ -217,10 +221,15 @@ def deliver(conn, huey, jobs: list, mode: str = "bulk", write=None) -> bool:
     reconciler delivers them later."""
     try:
         (enqueue_one_by_one if mode == "naive" else enqueue_jobs)(huey, jobs)
+    except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as exc:
+        REACHABILITY.down(exc, "; jobs stay pending in SQLite and the worker's reconciler "
+                               "delivers them when it is back")
+        return False
     except Exception as exc:  # one line, no traceback: it sits in the request path
-        log.warning("could not enqueue %d jobs (%s: %s); the reconciler will deliver them",
+        log.warning("could not enqueue %d job(s) (%s: %s); the reconciler will deliver them",
                     len(jobs), type(exc).__name__, exc)
         return False
+    REACHABILITY.up()
     try:
         (write or _call)(store.mark_enqueued, conn, jobs)
     except store.StorageBusy:

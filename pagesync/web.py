@@ -17,9 +17,10 @@ import bottle
 from . import dashboard, metrics, payload, processing, stats, store
 from .body import PayloadError, decode_body
 from .config import Settings
-from .queue import deliver, make_huey, outbox, queue_depth
+from .queue import Reachability, deliver, make_huey, outbox, queue_depth
 
 log = logging.getLogger("pagesync.web")
+DATABASE_BUSY = Reachability("database")  # logs a run of 503s once, and when it is over
 
 
 class ApiError(Exception):
@@ -183,6 +184,7 @@ class App:
                                  "jobs_enqueued": 0, **report})
         saved = self.write(store.save_batch, self.pool.get(), user["id"], batch, batch.client,
                            self.outbox, user["token_id"])
+        DATABASE_BUSY.up()  # a batch was written: any run of 503s is over
         if self.settings.fault == "exit-after-commit":
             os._exit(3)  # test-only: the server dies between commit and enqueue
         if self.outbox is None:
@@ -240,7 +242,7 @@ def guarded(handler):
         except ApiError as err:
             return json_response(err.status, error_body(err), err.headers)
         except store.StorageBusy as exc:
-            log.warning("storage busy, answered 503: %s", exc)
+            DATABASE_BUSY.down(exc, "; syncs are answered 503 with Retry-After until it is free")
             return json_response(503, {"success": False, "message": "Storage busy, retry later",
                                        "errors": []}, {"Retry-After": 2})
         except bottle.HTTPResponse:

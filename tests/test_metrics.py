@@ -137,3 +137,22 @@ def test_an_unreachable_queue_is_logged_once_not_per_look(caplog):
                      "queue still unreachable after 60 s (ConnectionError: Connection refused)",
                      "queue reachable again after 75 s"]
     assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "INFO"]
+
+
+def test_a_run_of_busy_database_answers_is_logged_once(caplog):
+    import logging
+    import sqlite3
+
+    from pagesync.queue import Reachability
+
+    now = [0.0]
+    busy = Reachability("database", reminder=60, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="pagesync.queue")
+    for _ in range(20):  # 20 syncs answered 503 over 19 s
+        busy.down(sqlite3.OperationalError("database is locked"), "; answered 503")
+        now[0] += 1
+    busy.up()
+    busy.up()
+    assert [r.getMessage() for r in caplog.records] == [
+        "database busy (OperationalError: database is locked); answered 503",
+        "database available again after 20 s"]

@@ -252,8 +252,9 @@ def token_create(name: Annotated[str, typer.Argument(metavar="NAME", help="User 
 
 @token_app.command("list")
 def token_list(db: Db = None, as_json: AsJson = False):
-    """List tokens (prefixes only: tokens are stored hashed), with when each last
-    stored a sync: a token never used, or not for months, is one to revoke."""
+    """List tokens (prefixes only: tokens are stored hashed) and each one's last sync.
+
+    A token never used, or not for months, is one to revoke."""
     rows = store.list_tokens(conn_for(settings(db), create=False))
     if as_json:
         print(json.dumps(rows))
@@ -339,9 +340,9 @@ def jobs_reprocess(
         help="Only this task: ProcessPageVisit or ProcessTabAggregate.")] = None,
     db: Db = None, as_json: AsJson = False,
 ):
-    """Process every stored record again with this version's rules (after an upgrade that
-    changed how hosts, sites or categories are computed). The rollups are corrected as
-    each job runs; a running `pagesync worker` picks them up at its next reconcile."""
+    """Process every stored record again with this version's rules (after an upgrade).
+
+    For an upgrade that changed how hosts, sites or categories are computed: the rollups are corrected as each job runs; a running `pagesync worker` picks the jobs up at its next reconcile."""
     if task is not None and task not in store.TASKS:
         fail(f"--task must be one of {', '.join(store.TASKS)}", 2)
     s = settings(db)

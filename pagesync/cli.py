@@ -187,7 +187,7 @@ def replay(
         console.print_json(json.dumps({k: getattr(result, k) for k in (
             "requests_ok", "requests_failed", "visits", "aggregates", "jobs", "warnings",
             "rejected", "failures", "seconds", "records", "stored", "records_failed",
-            "records_unsent", "records_unknown", "interrupted")}))
+            "records_unsent", "records_unknown", "interrupted", "not_sent")}))
     else:
         console.print(display.replay_summary(result))
     raise typer.Exit(130 if result.interrupted else 1 if result.requests_failed else 0)

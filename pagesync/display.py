@@ -146,8 +146,9 @@ def replay_summary(result) -> Group:
     table.add_row("records rejected", Text(str(len(result.rejected)), style="red" if result.rejected else ""))
     table.add_row("records failed (request failed)",
                   Text(str(result.records_failed), style="bold red" if result.records_failed else ""))
-    if result.interrupted:
-        table.add_row("records not sent (interrupted)", Text(str(result.records_unsent), style="yellow"))
+    if result.records_unsent or result.interrupted:
+        table.add_row(f"records not sent ({result.not_sent or 'interrupted'})",
+                      Text(str(result.records_unsent), style="yellow"))
     if result.records_unknown:
         table.add_row("records cut off mid-request", Text(str(result.records_unknown), style="yellow"))
     table.add_row("warnings", str(result.warnings))
@@ -165,7 +166,8 @@ def replay_summary(result) -> Group:
         for col in ("file", "records", "status", "error"):
             fails.add_column(col)
         for f in result.failures:
-            fails.add_row(Text(f["file"]), str(f["records"]), str(f["status"] or "-"), Text(f["error"]))
+            fails.add_row(Text(f["file"]), str(f["records"]),
+                          str(f["status"]) if f["status"] else "0 (no answer)", Text(f["error"]))
         parts.append(fails)
     return Group(*parts)
 

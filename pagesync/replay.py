@@ -17,6 +17,8 @@ import requests
 
 CLIENT_KEYS = ("anonymousClientId", "extensionVersion", "browserName", "browserVersion")
 NOT_SENT = "not sent: interrupted"
+UNREACHABLE = "not sent: the server was unreachable"
+REFUSED = "not sent: the token was refused (401)"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ReplayResult:
     records_failed: int = 0  # in failed requests, less those the server listed as rejected
     interrupted: bool = False  # Ctrl-C: what was left was not sent
     records_unknown: int = 0  # in requests cut off by a second Ctrl-C: stored or not
+    not_sent: str = ""  # why the rest was not sent: "interrupted", "the server was unreachable"...
 
     @property
     def stored(self) -> int:
@@ -101,6 +104,7 @@ class Sender:
         self.token, self.retries, self.timeout, self.gzip = token, retries, timeout, gzip_body
         self._local = threading.local()
         self.unreachable = False
+        self.refused = False  # a 401: every other request would get one too
         self.stopping = threading.Event()  # set on Ctrl-C: send nothing more, retry nothing
 
     def stop(self) -> None:
@@ -123,7 +127,9 @@ class Sender:
         if self.stopping.is_set():
             return 0, None, NOT_SENT
         if self.unreachable:
-            return 0, None, "not sent: the server was unreachable"
+            return 0, None, UNREACHABLE
+        if self.refused:
+            return 0, None, REFUSED
         delay, status, body, error = 0.5, 0, None, ""
         for attempt in range(self.retries + 1):
             try:
@@ -135,6 +141,7 @@ class Sender:
                     self.unreachable = True
             else:
                 status, body = resp.status_code, _json(resp)
+                self.refused = self.refused or status == 401
                 if status not in (429, 503):
                     return status, body, "" if resp.ok else _message(resp, body)
                 error, wait = _message(resp, body), _retry_after(resp, delay)
@@ -200,7 +207,8 @@ def replay(requests_: list[Request], sender: Sender, concurrency: int = 1,
     start = time.monotonic()
 
     def done(req, outcome):
-        if outcome[2] == NOT_SENT:
+        if outcome[2].startswith("not sent: "):  # counted as unsent, said once in the summary
+            result.not_sent = result.not_sent or outcome[2][len("not sent: "):]
             return
         record_outcome(result, req, *outcome)
         if on_done:
@@ -223,6 +231,8 @@ def replay(requests_: list[Request], sender: Sender, concurrency: int = 1,
         except KeyboardInterrupt:
             sender.stop()
     result.interrupted = sender.stopping.is_set()
+    if result.interrupted:
+        result.not_sent = "interrupted"
     result.seconds = time.monotonic() - start
     return result
 

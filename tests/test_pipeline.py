@@ -157,10 +157,18 @@ def test_replay_cli_reports_and_exit_codes(stack):
                     check=False)
     assert bad.returncode == 1
     assert "Unknown or revoked token" in bad.stdout
-    # the progress bar counts them as sent, and shows that none was stored
+    # the first 401 stops it: that request's records failed, the rest were not sent
     total = out["records"]
-    assert f"{total}/{total} records sent  0 stored · 0 rejected · {total} failed" in bad.stderr
-    assert re.search(rf"records failed \(request failed\) +{total}\b", bad.stdout), bad.stdout
+    first = json.loads(stack.cli("replay", str(SAMPLES), "--url", stack.url, "--token", "nope",
+                                 "--json", check=False).stdout)
+    assert len(first["failures"]) == 1 and first["failures"][0]["status"] == 401
+    failed = first["records_failed"]
+    assert 0 < failed < total and first["records_unsent"] == total - failed
+    assert first["not_sent"] == "the token was refused (401)"
+    assert f"{failed}/{total} records sent  0 stored · 0 rejected · {failed} failed" in bad.stderr
+    assert re.search(rf"records failed \(request failed\) +{failed}\b", bad.stdout), bad.stdout
+    assert re.search(rf"records not sent \(the token was refused \(401\)\) +{total - failed}\b",
+                     bad.stdout), bad.stdout
     assert re.search(r"page visits stored +0\b", bad.stdout), bad.stdout
 
 

@@ -155,19 +155,23 @@ def _sqlite_dequeue(storage, limit: int) -> list[bytes]:
     return [bytes(data) for _, data in sorted(rows)]
 
 
+OUTAGE_WORDS = {  # outage: (when it starts, while it lasts, when it ends); worker.py too
+    "database": ("database busy", "database still busy", "database available again"),
+    "queue": ("queue unreachable", "queue still unreachable", "queue reachable again"),
+}
+
+
 class Reachability:
     """How a server or `watch` logs an outage it only runs into (the queue unreachable
     when /readyz, /metrics, the dashboard or a sync's enqueue look; the database busy
     when a sync answers 503): one WARNING when it starts, a reminder at most every
     `reminder` s, one INFO line with how long it lasted when it is over; not a line per
-    request (Prometheus scrapes, dashboards poll, extensions retry)."""
+    request (Prometheus scrapes, dashboards poll, extensions retry). The worker's
+    `Outages` does the same across its processes (shared memory), in the same words."""
 
     def __init__(self, what: str = "queue", reminder: float = 60.0, clock=time.monotonic):
         self.reminder, self.clock = reminder, clock
-        self.starts, self.lasts, self.ends = {
-            "queue": ("queue unreachable", "queue still unreachable", "queue reachable again"),
-            "database": ("database busy", "database still busy", "database available again"),
-        }[what]
+        self.starts, self.lasts, self.ends = OUTAGE_WORDS[what]
         self.since = self.said = None
         self.lock = threading.Lock()
 

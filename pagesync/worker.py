@@ -24,7 +24,7 @@ from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Scheduler, 
 
 from . import jobs, jobstate, processing, store
 from .config import Settings
-from .queue import dequeue_batch, make_huey, reconcile
+from .queue import OUTAGE_WORDS, dequeue_batch, make_huey, reconcile
 
 log = logging.getLogger("pagesync.worker")
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -48,10 +48,7 @@ def next_batch_size(size: int, taken: int, seconds: float, limit: int) -> int:
 
 REMINDER_SECONDS = 60.0
 OUTAGES = ("database", "queue")
-WORDS = {  # outage: (when it starts, while it lasts, when it ends)
-    "database": ("database busy", "database still busy", "database available again"),
-    "queue": ("queue unreachable", "queue still unreachable", "queue reachable again"),
-}
+WORDS = OUTAGE_WORDS
 
 
 def outage_of(exc: BaseException, busy: str = "database") -> str | None:

@@ -189,3 +189,11 @@ def worker_log(st) -> str:
     """What the stack's workers logged so far."""
     path = st.tmp / "worker.log"
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def assert_one_outage(log: str, starts: str, ends: str) -> None:
+    """The worker's log of an outage: said once when it started and once when it ended,
+    with no error line and no traceback."""
+    assert log.count(starts) == 1, log
+    assert log.count(ends + " after") == 1, log
+    assert "ERROR" not in log and "Traceback" not in log, log

@@ -22,7 +22,7 @@ from pagesync import worker as worker_mod
 from pagesync.worker import (BATCH_SECONDS, BatchWorker, Outages, PagesyncScheduler,
                              next_batch_size)
 
-from .helpers import DedicatedRedis, reference, row_count, wait_for, worker_log
+from .helpers import DedicatedRedis, assert_one_outage, reference, row_count, wait_for, worker_log
 from .test_rollups_exact import make_scenario
 
 FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
@@ -424,9 +424,7 @@ def test_a_locked_database_is_one_warning_then_one_line_when_it_is_free(stack_fa
     assert states(st) == {"done": 20}
     assert worker.poll() is None
     log = worker_log(st)
-    assert log.count("database busy") == 1, log
-    assert log.count("database available again after") == 1, log
-    assert "ERROR" not in log and "Traceback" not in log, log
+    assert_one_outage(log, "database busy", "database available again")
 
 
 def test_redis_going_away_under_a_running_worker_is_one_warning(stack_factory, tmp_path):
@@ -449,8 +447,6 @@ def test_redis_going_away_under_a_running_worker_is_one_warning(stack_factory, t
         assert states(st) == {"done": 20}
         assert worker.poll() is None
         log = worker_log(st)
-        assert log.count("queue unreachable") == 1, log
-        assert log.count("queue reachable again after") == 1, log
-        assert "ERROR" not in log and "Traceback" not in log, log
+        assert_one_outage(log, "queue unreachable", "queue reachable again")
     finally:
         server.stop()

@@ -2,6 +2,8 @@
 gives: each one is compared with it on generated input (Hypothesis)."""
 import json
 import math
+import time
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -164,3 +166,123 @@ def test_canonical_json_is_strict_json():
     assert store.canonical({"b": [math.inf], "a": -math.inf}) == '{"a":null,"b":[null]}'
     # the same when an integer past 64 bits sends it through the standard library
     assert store.canonical({"b": [math.inf], "n": 10 ** 30}) == '{"b":[null],"n":%d}' % 10 ** 30
+
+
+# ---------------------------------------------------------------- whole records
+
+NOW = 1_764_600_000_000
+REFERENCE = Path(__file__).resolve().parent / "reference_payloads"
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_payloads"
+BASE_VISIT = {
+    "visitId": "pv_1764547200000_101", "id": "pv_1764547200000_101", "tabId": 101,
+    "url": "https://en.wikipedia.org/wiki/Merge?utm_source=x&a=1", "title": "Merge — Wikipedia",
+    "domain": "en.wikipedia.org", "startedAt": 1764547200000, "timestamp": 1764547200000,
+    "endedAt": 1764548180299, "duration": 980299, "durationSeconds": 980, "activeDuration": 803023,
+    "engagementRate": 0.8192, "isActive": False, "lastHeartbeat": 1764548178927,
+    "idlePeriods": [{"start": 1764547300000, "end": 1764547400000, "durationMs": 100000,
+                     "reason": "no_activity", "resumeReason": "mouse_move"}],
+    "category": "reference", "categoryConfidence": 0.71, "categoryMethod": "metadata",
+    "metadata": {"description": "About merge", "keywords": ["a", "b"]},
+    "anonymousClientId": "anon_dda173cf256d"}
+BASE_AGGREGATE = {
+    "tabId": 101, "startTime": 1764547200000, "lastActiveTime": 1764550800567,
+    "totalActiveDuration": 1594373, "domainDurations": {"en.wikipedia.org": 980299, "WWW.X.com": 5},
+    "pageCount": 2, "currentUrl": "https://en.wikipedia.org/wiki/Queue#History",
+    "currentDomain": "en.wikipedia.org", "statistics": {"mostVisitedDomain": "en.wikipedia.org"},
+    "anonymousClientId": "anon_dda173cf256d"}
+# Values at and past each rule's edges, of every JSON type: a record with one of them in
+# one field is still plain, or is one the general path reports, rejects or cleans.
+EDGE_VALUES = [
+    None, "", " ", "x", " pv_1 ", "\tt\n", "a\u200bb", "\x00", "www.X.org", "X" * 254, "t" * 501,
+    True, False, 0, -1, 1, 0.5, 1.5, -0.0, 2 ** 53, 2 ** 53 + 1, 10 ** 15, 10 ** 15 + 1, 10 ** 20,
+    1e308, float("inf"), float("nan"), P.MIN_TIME_MS - 1, P.MIN_TIME_MS, NOW, NOW + P.DAY_MS,
+    NOW + P.DAY_MS + 1, 1764547100000, 1764547200000, 1764548180299, 1764547200, 86_400_000,
+    86_400_001, 86_400, 86_401, "2025-12-01T00:00:00Z", "reference", "news", "Reference", "metadata",
+    "magic", "https://a.com/x", "HTTPS://A.COM/?fbclid=1", "https://xn--bcher-kva.example/",
+    "https://u:p@a.com/", "ftp://a.com/", "https://a.com/ x", "https://a.com/é", [], [{}], [1], {},
+    {"__proto__": 1}, {"k": "v" * 2100}, {"a": {"b": {"c": [1, [2, [3]]]}}}, {"a.com": 1},
+    {"a.com": -1}, {"a.com": 0.5}, {"": 1}, {"a.com": None}, [{"start": 1}] * 3]
+edge_values = st.sampled_from(EDGE_VALUES)
+visit_fields = st.sampled_from(sorted(BASE_VISIT) + ["openedAt", "sourcePageVisitId"])
+aggregate_fields = st.sampled_from(sorted(BASE_AGGREGATE) + ["closedAt", "isOpen"])
+
+
+def report(parse, item):
+    rec, r = parse(item, "anon_default", NOW)
+    return rec, r.errors, r.warnings
+
+
+@pytest.mark.parametrize("base,plain,parse", [(BASE_VISIT, P.plain_visit, P.parse_visit),
+                                              (BASE_AGGREGATE, P.plain_aggregate, P.parse_aggregate)])
+def test_every_edge_value_in_every_field_is_plain_only_when_nothing_is_reported(base, plain, parse):
+    assert plain(base, "anon_default", NOW) == report(parse, base)[0]  # the base record is plain
+    fields = sorted(base) + ["openedAt", "sourcePageVisitId", "closedAt", "isOpen", "unknown"]
+    taken = 0
+    for field in fields:
+        for value in EDGE_VALUES + ["__drop__"]:
+            item = {k: v for k, v in {**base, field: value}.items() if v != "__drop__"}
+            fast = plain(item, "anon_default", NOW)
+            if fast is not None:
+                taken += 1
+                assert report(parse, item) == (fast, [], []), (field, value)
+    assert taken > len(fields) * 3
+
+
+@settings(PROPS, max_examples=1500)
+@given(st.dictionaries(visit_fields, edge_values, max_size=3), st.sets(visit_fields, max_size=3))
+def test_a_plain_visit_is_what_the_general_path_keeps_with_nothing_to_report(changes, dropped):
+    item = {k: v for k, v in {**BASE_VISIT, **changes}.items() if k not in dropped}
+    fast = P.plain_visit(item, "anon_default", NOW)
+    if fast is not None:
+        assert report(P.parse_visit, item) == (fast, [], [])
+
+
+@settings(PROPS, max_examples=1500)
+@given(st.dictionaries(aggregate_fields, edge_values, max_size=3), st.sets(aggregate_fields, max_size=3))
+def test_a_plain_aggregate_is_what_the_general_path_keeps_with_nothing_to_report(changes, dropped):
+    item = {k: v for k, v in {**BASE_AGGREGATE, **changes}.items() if k not in dropped}
+    fast = P.plain_aggregate(item, "anon_default", NOW)
+    if fast is not None:
+        assert report(P.parse_aggregate, item) == (fast, [], [])
+
+
+@PROPS
+@given(st.one_of(json_values, st.dictionaries(visit_fields, json_values, max_size=12)))
+def test_any_value_is_plain_only_when_the_general_path_keeps_it_as_is(item):
+    for plain, parse in ((P.plain_visit, P.parse_visit), (P.plain_aggregate, P.parse_aggregate)):
+        fast = plain(item, None, NOW)
+        if fast is not None:
+            assert report(parse, item)[1:] == ([], []) and report(parse, item)[0] == fast
+
+
+def test_what_the_extension_sends_takes_the_fast_path():
+    """Not a dead branch: every record of the reference payloads and the samples (but the
+    deliberately bad ones and the API dialect's) is plain."""
+    now = int(time.time() * 1000)
+    files = [*REFERENCE.glob("extension_*.json"), *SAMPLES.glob("*_visits.json"),
+             *SAMPLES.glob("*_aggregates.json")]
+    seen = 0
+    for path in files:
+        data = json.loads(path.read_text("utf-8"))
+        for body in data if isinstance(data, list) else [data]:
+            batch = P.parse_batch(body, now)
+            bad = {r["index"] for r in batch.rejected} | {w["index"] for w in batch.warnings}
+            for kind, plain in (("pageVisits", P.plain_visit), ("tabAggregates", P.plain_aggregate)):
+                for i, item in enumerate(body.get(kind) or []):
+                    hosts_ok = "xn--" not in json.dumps(item)  # punycode hosts: the general path
+                    if i not in bad and hosts_ok:
+                        assert plain(item, None, now) is not None, (path.name, item)
+                        seen += 1
+    assert seen > 100
+
+
+@settings(PROPS, max_examples=400)
+@given(st.lists(st.sampled_from(["utm_source=x", "UTM_x=1", "fbclid=1", "GCLID=2", "msclkid",
+                                 "mc_eid=3", "_ga=1", "_gax=1", "a=1", "clid=1", "x=utm_", "",
+                                 "%75tm_a=1", "utm", "\u212aey=1"]), max_size=5),
+       st.sampled_from(["", "#frag", "#?utm_source=1", "#a&b"]))
+def test_the_tracking_shortcut_drops_what_the_full_check_drops(params, fragment):
+    url = "https://a.com/p?" + "&".join(params) + fragment
+    with mock.patch.object(P, "may_track", lambda query: True):
+        want = P.strip_tracking(url)
+    assert P.strip_tracking(url) == want

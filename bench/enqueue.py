@@ -4,12 +4,13 @@ batch, per job, bulk against one by one with a commit each (`huey.enqueue`), in 
 The same 1000-record batches are stored three ways on fresh databases, each timed from
 the batch write to the jobs being queued:
   none:  the batch write alone (`store.save_batch`, its jobs left 'pending');
-  bulk:  what the server does: on the embedded SQLite queue the messages are written in the
-         batch's own transaction (`queue.outbox`), on Redis one LPUSH after the commit
-         (`queue.deliver`), then the jobs marked queued;
+  bulk:  what the server does: on the embedded SQLite queue the jobs are written 'queued'
+         in the batch's own transaction (the jobs table is the queue: nothing more to
+         write), on Redis one LPUSH after the commit (`queue.deliver`), then the jobs
+         marked queued;
   naive: the batch write, then `huey.enqueue` job by job (`queue.deliver(mode="naive")`).
 The enqueue step is (bulk or naive) - none. Parsing, validation and the fsynced batch
-write cost the same in every mode, so this step bounds the whole-request ratio.
+write cost the same in every mode.
 
     python -m bench.enqueue --queue sqlite
     python -m bench.enqueue --queue redis://127.0.0.1:6379/0
@@ -41,7 +42,7 @@ def store_batches(queue_url: str, mode: str, batches: int, size: int) -> list[fl
         store.create_token(conn, "bench")
         huey = queue.make_huey(settings)
         huey.flush()
-        outbox = queue.outbox(huey, settings) if mode == "bulk" else None
+        queued = mode == "bulk" and queue.queued_in_batch(huey)
         visits = make_visits(size * batches, seed=7)
         now = int(time.time() * 1000)
         parsed = [payload.parse_batch({"pageVisits": visits[i * size:(i + 1) * size],
@@ -50,8 +51,8 @@ def store_batches(queue_url: str, mode: str, batches: int, size: int) -> list[fl
         times = []
         for batch in parsed:
             started = time.perf_counter()
-            saved = store.save_batch(conn, 1, batch, outbox=outbox)
-            if mode != "none" and outbox is None and not queue.deliver(conn, huey, saved["jobs"], mode):
+            saved = store.save_batch(conn, 1, batch, queued=queued)
+            if mode != "none" and not queued and not queue.deliver(conn, huey, saved["jobs"], mode):
                 raise RuntimeError("could not enqueue")
             times.append(time.perf_counter() - started)
         huey.flush()

@@ -93,7 +93,8 @@ def summary(totals: dict, counters: dict) -> dict:
 
 
 RECORD_INFO_SQL = {
-    store.TASK_VISIT: "SELECT url, title FROM page_visits WHERE user_id = ? AND id = ?",
+    store.TASK_VISIT: "SELECT json_extract(data, '$.url') AS url, json_extract(data, '$.title') "
+                      "AS title FROM page_visits WHERE user_id = ? AND id = ?",
     store.TASK_AGGREGATE: "SELECT json_extract(data, '$.current_url') AS url, NULL AS title "
                           "FROM tab_aggregates WHERE user_id = ? AND id = ?",
 }

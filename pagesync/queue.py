@@ -1,9 +1,10 @@
 """The queue: one Huey instance per backend, bulk enqueue, and the reconciler.
 
 The queue only delivers; the `jobs` table in SQLite says what is due. Every backend sits
-behind the same calls: `make_huey`, `enqueue_jobs`, `queue_depth`, and `outbox`: on the
-embedded default the queue's tables live in the database file, and a batch's job messages
-are written in the batch's own transaction (an outbox: stored and queued, or neither).
+behind the same calls: `make_huey`, `enqueue_jobs`, `dequeue_batch`, `queue_depth`. On the
+embedded default the queue of pagesync jobs is the `jobs` table itself (`JobsTable`, a
+Huey storage): a batch's jobs are written 'queued' in the batch's own transaction, so they
+are stored and queued, or neither, and enqueueing costs nothing beyond the job rows.
 """
 from __future__ import annotations
 
@@ -39,6 +40,92 @@ class QueueStorage(SqliteStorage):
         return conn
 
 
+QUEUE_JOB = ("UPDATE jobs SET state = 'queued', enqueued_at = ? WHERE task = ? AND user_id = ? "
+             "AND record_id = ? AND state IN ('pending', 'retrying')")
+CLAIM_JOBS = ("UPDATE jobs SET state = 'running', started_at = :now, worker = :worker "
+              "WHERE (task, user_id, record_id) IN (SELECT task, user_id, record_id FROM jobs "
+              "WHERE state = 'queued' ORDER BY enqueued_at LIMIT :limit) "
+              "RETURNING task, user_id, record_id, revision, enqueued_at")
+
+
+class JobsTable(QueueStorage):
+    """The embedded queue (the SQLite queue inside the database file): Huey's SQLite
+    storage whose queue of pagesync jobs is the `jobs` table. A job in state 'queued' is
+    a message waiting; enqueueing one sets it queued, taking one (`claim`) sets it
+    running on this worker, in one statement, so two workers never take the same job.
+    The messages Huey hands to the consumer are made from the rows. Anything else (other
+    tasks, and messages of a database from before this queue) uses Huey's `task` table."""
+    huey = None  # set by make_huey: messages are made and read with its registry
+
+    def enqueue(self, data, priority=None):
+        job = self.job_of(data)
+        if job is None:
+            return super().enqueue(data, priority)
+        self.queue_jobs([job])
+
+    def job_of(self, data: bytes) -> tuple | None:
+        """(task, user_id, record_id, revision) when the message is a pagesync job."""
+        try:
+            message = self.huey.serializer.deserialize(data)
+        except Exception:
+            return None
+        if message.name in self.huey.pagesync_tasks and len(message.args) == 3 \
+                and not message.kwargs:
+            return (message.name, *message.args)
+        return None
+
+    def queue_jobs(self, jobs: list, now: float | None = None) -> None:
+        """Put committed jobs in the queue (those pending, or waiting for a retry)."""
+        now = now or time.time()
+        with self.lock, store.transaction(self.conn):
+            self.conn.executemany(QUEUE_JOB, [(now, task, user_id, record_id)
+                                              for task, user_id, record_id, _ in jobs])
+
+    def claim(self, limit: int) -> list[tuple]:
+        """Take up to `limit` queued jobs, oldest first: they are running on this worker."""
+        from .jobs import WORKER_NAME
+
+        if not self.sql("SELECT 1 FROM jobs WHERE state = 'queued' LIMIT 1", results=True):
+            return []  # the usual idle case, without taking the write lock
+        with self.lock, store.transaction(self.conn):
+            rows = self.conn.execute(CLAIM_JOBS, {"now": time.time(), "limit": limit,
+                                                  "worker": WORKER_NAME["name"]}).fetchall()
+        return [tuple(row[:4]) for row in sorted(rows, key=lambda r: (r[4] or 0, r[2]))]
+
+    def take(self, limit: int) -> list[bytes]:
+        """Up to `limit` messages: claimed jobs, else messages of Huey's task table."""
+        jobs = self.claim(limit)
+        if jobs:
+            return job_messages(self.huey, jobs)
+        return _sqlite_dequeue(self, limit) if limit > 1 else _single(super().dequeue())
+
+    def dequeue(self):
+        messages = self.take(1)
+        return messages[0] if messages else None
+
+    def queue_size(self):
+        queued = self.sql("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", results=True)[0][0]
+        return queued + super().queue_size()
+
+    def enqueued_items(self, limit=None):
+        rows = self.sql("SELECT task, user_id, record_id, revision FROM jobs WHERE state = "
+                        "'queued' ORDER BY enqueued_at LIMIT ?", (-1 if limit is None else limit,),
+                        results=True)
+        items = job_messages(self.huey, [tuple(r) for r in rows])
+        more = None if limit is None else limit - len(items)
+        return items + (super().enqueued_items(more) if more is None or more > 0 else [])
+
+    def flush_queue(self):
+        """The queued jobs are out of the queue again (pending: the reconciler delivers
+        them later), and Huey's own messages are dropped."""
+        self.sql("UPDATE jobs SET state = 'pending' WHERE state = 'queued'", commit=True)
+        super().flush_queue()
+
+
+def _single(message) -> list:
+    return [] if message is None else [message]
+
+
 def make_huey(settings: Settings):
     """The Huey instance for the configured backend, with both tasks registered."""
     from . import jobs  # registers the tasks on the instance
@@ -47,10 +134,17 @@ def make_huey(settings: Settings):
         huey = RedisHuey(HUEY_NAME, connection_pool=redis_pool(settings.queue), results=False,
                          blocking=True, read_timeout=1)
     else:
+        storage = JobsTable if settings.queue_in_db else QueueStorage
         huey = SqliteHuey(HUEY_NAME, filename=settings.queue_path, results=False,
-                          timeout=10, storage_class=QueueStorage)
+                          timeout=10, storage_class=storage)
+        huey.storage.huey = huey
     jobs.register(huey, settings)
     return huey
+
+
+def queued_in_batch(huey) -> bool:
+    """The queue is the jobs table: a batch's jobs are queued as it commits."""
+    return isinstance(huey.storage, JobsTable)
 
 
 def redis_pool(url: str):
@@ -80,20 +174,6 @@ def job_messages(huey, jobs: list) -> list[bytes]:
     return out
 
 
-def outbox(huey, settings: Settings):
-    """When the SQLite queue lives in the database file: `write(conn, jobs)`, which writes
-    the jobs' messages on `conn` inside its open transaction, so they commit with the
-    records they are for. None for any other queue (messages go after the commit)."""
-    if not settings.queue_in_db:
-        return None
-    name = huey.storage.name
-
-    def write(conn, jobs: list) -> None:
-        if jobs:
-            conn.executemany(INSERT_MESSAGE, [(name, m) for m in job_messages(huey, jobs)])
-    return write
-
-
 def enqueue_one_by_one(huey, jobs: list) -> None:
     """The naive way (bench baseline only): one queue write and commit per job."""
     wrappers = huey.pagesync_tasks
@@ -105,8 +185,11 @@ def enqueue_jobs(huey, jobs: list) -> None:
     """Enqueue many jobs in one round trip (Redis) or one transaction (SQLite)."""
     if not jobs:
         return
-    messages = job_messages(huey, jobs)
     storage = huey.storage
+    if isinstance(storage, JobsTable):
+        storage.queue_jobs(jobs)
+        return
+    messages = job_messages(huey, jobs)
     if isinstance(huey, RedisHuey):
         for i in range(0, len(messages), 1000):
             storage.conn.lpush(storage.queue_key, *messages[i:i + 1000])
@@ -121,6 +204,8 @@ def dequeue_batch(huey, limit: int) -> list[bytes]:
     count) or one transaction (SQLite: DELETE ... RETURNING). When nothing is waiting,
     Redis blocks on BRPOP for a moment, so an idle worker picks a new job up at once."""
     storage = huey.storage
+    if isinstance(storage, JobsTable):
+        return storage.take(limit)
     if limit > 1 and isinstance(huey, RedisHuey):
         items = _redis_pop(storage, limit)
         if items:
@@ -248,7 +333,7 @@ def _call(fn, *args):
 DUE = """
     FROM jobs j LEFT JOIN workers w ON w.name = j.worker
     WHERE (j.state = 'pending' AND j.created_at < :pending_before)
-       OR (j.state = 'queued' AND (j.enqueued_at < :lost_before
+       OR (j.state = 'queued' AND :messages_apart AND (j.enqueued_at < :lost_before
                                    OR (:queue_empty AND j.enqueued_at < :pending_before)))
        OR (j.state = 'running' AND (w.name IS NULL OR w.last_seen < :dead_before
                                     OR w.state = 'stopped' OR j.started_at < :lost_before))
@@ -259,9 +344,11 @@ RECONCILE_BUDGET = 300.0  # seconds one pass may take before it leaves the rest 
 
 
 def due_params(settings: Settings, queue_empty: bool, now: float) -> dict:
+    """`messages_apart`: a queued job's message lives apart from its row (Redis, a queue
+    file of its own), so it can be lost; on the embedded queue the row is the message."""
     return {
         "pending_before": now - 5, "lost_before": now - settings.lost_after,
-        "queue_empty": 1 if queue_empty else 0,
+        "queue_empty": 1 if queue_empty else 0, "messages_apart": 0 if settings.queue_in_db else 1,
         "dead_before": now - 3 * settings.worker_heartbeat - 1,
         "retry_before": now - max(settings.lost_after, 30),
     }
@@ -299,8 +386,7 @@ def reconcile(conn, huey, settings: Settings, limit: int = RECONCILE_CHUNK,
     empty = int(huey.pending_count()) == 0 and int(huey.scheduled_count()) == 0
     total = 0
     while True:
-        done = reconcile_chunk(conn, huey, due_jobs(conn, settings, empty, start, limit),
-                               outbox(huey, settings))
+        done = reconcile_chunk(conn, huey, due_jobs(conn, settings, empty, start, limit))
         total += done
         if done < limit or (keep_going and not keep_going()):
             break
@@ -313,17 +399,15 @@ def reconcile(conn, huey, settings: Settings, limit: int = RECONCILE_CHUNK,
     return total
 
 
-def reconcile_chunk(conn, huey, jobs: list, write=None) -> int:
-    """Enqueue `jobs` and mark them queued as of now (in one transaction when the queue
-    is in the database: `write` from `outbox`)."""
+def reconcile_chunk(conn, huey, jobs: list) -> int:
+    """Enqueue `jobs` and mark them queued as of now (on the embedded queue, marking them
+    queued is enqueueing them)."""
     if not jobs:
         return 0
-    if write is None:
+    if not queued_in_batch(huey):
         enqueue_jobs(huey, jobs)
     now = time.time()
     with store.transaction(conn):
-        if write is not None:
-            write(conn, jobs)
         conn.executemany(
             "UPDATE jobs SET state = 'queued', enqueued_at = ? WHERE task = ? AND user_id = ? "
             "AND record_id = ? AND revision = ? AND state NOT IN ('done', 'failed', 'discarded')",

@@ -42,8 +42,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, created_at REAL NOT NULL,
     revoked_at REAL, last_used_at REAL);
 CREATE TABLE IF NOT EXISTS page_visits (
-    user_id INTEGER NOT NULL, id TEXT NOT NULL, url TEXT, title TEXT, started_at INTEGER,
-    tab_id INTEGER, client_id TEXT, data TEXT NOT NULL, content_hash TEXT NOT NULL,
+    user_id INTEGER NOT NULL, id TEXT NOT NULL, started_at INTEGER,
+    tab_id INTEGER, client_id TEXT, data TEXT NOT NULL,
     revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
     norm_url TEXT, host TEXT, site TEXT, category TEXT, engagement REAL, unread INTEGER,
     applied TEXT, processed_revision INTEGER, processed_at REAL,
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS page_visits (
 CREATE INDEX IF NOT EXISTS page_visits_tab ON page_visits (user_id, client_id, tab_id, started_at);
 CREATE TABLE IF NOT EXISTS tab_aggregates (
     user_id INTEGER NOT NULL, id TEXT NOT NULL, tab_id INTEGER, client_id TEXT,
-    start_ms INTEGER, page_visit_id TEXT, data TEXT NOT NULL, content_hash TEXT NOT NULL,
+    start_ms INTEGER, page_visit_id TEXT, data TEXT NOT NULL,
     revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
     linked_visit_id TEXT, tab_seconds INTEGER, top_host TEXT,
     applied TEXT, processed_revision INTEGER, processed_at REAL,
@@ -107,13 +107,40 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0) -> sqlite3.C
 
 
 def init_db(path: str) -> None:
-    """Create the schema (idempotent), through sqlite-utils."""
+    """Create the schema (idempotent), through sqlite-utils, and bring a database of an
+    earlier layout up to date."""
     conn = connect(path)
     try:
         db = sqlite_utils.Database(conn)
         with_retry(lambda: db.executescript(SCHEMA))
+        with_retry(lambda: upgrade_layout(conn))
     finally:
         conn.close()
+
+
+# Columns of earlier layouts, now gone: the url and title were kept twice (in `data` too)
+# and a hash of `data` stood for it. Each made a row of a 1000-record batch cost more to
+# write (rows past ~1000 bytes spill into overflow pages of a WITHOUT ROWID table).
+DROPPED_COLUMNS = {"page_visits": ("url", "title", "content_hash"),
+                   "tab_aggregates": ("content_hash",)}
+
+
+def upgrade_layout(conn) -> None:
+    """Drop the columns of DROPPED_COLUMNS from a database that still has them (once,
+    in one transaction: another process starting at the same time waits, then finds it
+    done)."""
+    def stale() -> list:
+        return [(table, col) for table, cols in DROPPED_COLUMNS.items()
+                for col in cols if col in table_columns(conn, table)]
+    if not stale():
+        return
+    with transaction(conn):
+        for table, col in stale():
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+
+
+def table_columns(conn, table: str) -> set:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def with_retry(fn, timeout: float = 10.0):
@@ -267,55 +294,52 @@ def finite(value):
     return value
 
 
-def content_hash(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-
 def _existing(conn, table: str, user_id: int, ids: list) -> dict:
-    found = {}
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        marks = ",".join("?" * len(chunk))
-        for row in conn.execute(
-                f"SELECT id, data, content_hash, revision FROM {table} "
-                f"WHERE user_id = ? AND id IN ({marks})", (user_id, *chunk)):
-            found[row["id"]] = row
-    return found
+    """{id: (data, revision)} of the stored versions of these records (one query)."""
+    if not ids:
+        return {}
+    return {row[0]: (row[1], row[2]) for row in conn.execute(
+        f"SELECT id, data, revision FROM {table} WHERE user_id = ? AND id IN "
+        f"(SELECT value FROM json_each(?))", (user_id, orjson.dumps(ids)))}
 
 
 def _changed(conn, table, user_id, records, merge):
-    """Merge each record with its stored version; keep only records whose content changed.
-    Returns [(merged record, data json, hash, revision)]."""
+    """Merge each record with its stored version; keep only records whose content changed
+    (their stored JSON would differ). Returns [(merged record, data json, revision)]."""
     existing = _existing(conn, table, user_id, [r["id"] for r in records])
     out = []
     for rec in records:
         old = existing.get(rec["id"])
-        merged = merge(json.loads(old["data"]), rec) if old else rec
-        data = canonical(merged)
-        digest = content_hash(data)
-        if old and old["content_hash"] == digest:
+        if old is None:
+            out.append((rec, canonical(rec), 1))
             continue
-        out.append((merged, data, digest, (old["revision"] + 1) if old else 1))
+        merged = merge(json.loads(old[0]), rec)
+        data = canonical(merged)
+        if data != old[0]:
+            out.append((merged, data, old[1] + 1))
     return out
 
 
+# The batch's rows go to SQLite as one JSON array per statement: the whole insert runs in
+# one call, which releases the GIL once (executemany releases and takes it again for each
+# row, and while other requests are parsing, each take waits for the interpreter's switch).
 VISIT_UPSERT = """
-INSERT INTO page_visits (user_id, id, url, title, started_at, tab_id, client_id, data,
-    content_hash, revision, received_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (user_id, id) DO UPDATE SET url = excluded.url, title = excluded.title,
-    started_at = excluded.started_at, tab_id = excluded.tab_id, client_id = excluded.client_id,
-    data = excluded.data, content_hash = excluded.content_hash, revision = excluded.revision,
-    updated_at = excluded.updated_at
+INSERT INTO page_visits (user_id, id, started_at, tab_id, client_id, data, revision,
+    received_at, updated_at)
+SELECT :user, r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, :now, :now
+FROM (SELECT value AS r FROM json_each(:rows)) WHERE true
+ON CONFLICT (user_id, id) DO UPDATE SET started_at = excluded.started_at,
+    tab_id = excluded.tab_id, client_id = excluded.client_id, data = excluded.data,
+    revision = excluded.revision, updated_at = excluded.updated_at
 """
 AGG_UPSERT = """
 INSERT INTO tab_aggregates (user_id, id, tab_id, client_id, start_ms, page_visit_id, data,
-    content_hash, revision, received_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    revision, received_at, updated_at)
+SELECT :user, r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, r ->> 6, :now, :now
+FROM (SELECT value AS r FROM json_each(:rows)) WHERE true
 ON CONFLICT (user_id, id) DO UPDATE SET tab_id = excluded.tab_id, client_id = excluded.client_id,
     start_ms = excluded.start_ms, page_visit_id = excluded.page_visit_id, data = excluded.data,
-    content_hash = excluded.content_hash, revision = excluded.revision,
-    updated_at = excluded.updated_at
+    revision = excluded.revision, updated_at = excluded.updated_at
 """
 JOB_UPSERT = """
 INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, enqueued_at)
@@ -324,40 +348,50 @@ ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revisio
     state = excluded.state, attempts = 0, created_at = excluded.created_at,
     enqueued_at = excluded.enqueued_at, next_attempt_at = NULL, error = NULL, traceback = NULL
 """
+JOBS_UPSERT = """
+INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, enqueued_at)
+SELECT j ->> 0, :user, j ->> 1, j ->> 2, :state, 0, :now, :enqueued_at
+FROM (SELECT value AS j FROM json_each(:jobs)) WHERE true
+ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revision,
+    state = excluded.state, attempts = 0, created_at = excluded.created_at,
+    enqueued_at = excluded.enqueued_at, next_attempt_at = NULL, error = NULL, traceback = NULL
+"""
 
 
 def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
-               outbox=None, token_id: int | None = None) -> dict:
+               queued: bool = False, token_id: int | None = None) -> dict:
     """Write an accepted batch in one transaction: all of it or none of it. Returns the
-    sync summary and its jobs ([(task, user_id, record_id, revision)]). With `outbox`
-    (queue.outbox: the queue lives in this database), the jobs' messages are written in
-    the same transaction and the jobs are 'queued'; without, they are 'pending' until the
-    caller has handed them to the queue. `token_id`: the token that sent it, whose last
-    sync time is set."""
+    sync summary and its jobs ([(task, user_id, record_id, revision)]). `queued`: the
+    queue is the jobs table itself (the embedded default, queue.JobsTable), so the jobs
+    are written 'queued' and are in the queue as this commits; otherwise they are
+    'pending' until the caller has handed them to the queue. `token_id`: the token that
+    sent it, whose last sync time is set."""
     now = time.time()
     sync_id = "sync_" + uuid.uuid4().hex[:16]
     with transaction(conn):
         visits = _changed(conn, "page_visits", user_id, batch.visits, P.merge_visit)
         aggs = _changed(conn, "tab_aggregates", user_id, batch.aggregates, P.merge_aggregate)
-        conn.executemany(VISIT_UPSERT, [
-            (user_id, m["id"], m["url"], m.get("title"), m["started_at"], _int_or_none(m.get("tab_id")),
-             m.get("client_id"), data, digest, rev, now, now) for m, data, digest, rev in visits])
-        conn.executemany(AGG_UPSERT, [
-            (user_id, m["id"], _int_or_none(m.get("tab_id")), m.get("client_id"), m.get("start_ms"),
-             m.get("page_visit_id"), data, digest, rev, now, now) for m, data, digest, rev in aggs])
-        jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, _, rev in visits]
-        jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, _, rev in aggs]
-        state, enqueued_at = ("queued", now) if outbox else ("pending", None)
-        conn.executemany(JOB_UPSERT, [(*job, state, now, enqueued_at) for job in jobs])
-        if outbox:
-            outbox(conn, jobs)
+        if visits:
+            conn.execute(VISIT_UPSERT, {"user": user_id, "now": now, "rows": orjson.dumps([
+                (m["id"], m["started_at"], _int_or_none(m.get("tab_id")), m.get("client_id"),
+                 data, rev) for m, data, rev in visits])})
+        if aggs:
+            conn.execute(AGG_UPSERT, {"user": user_id, "now": now, "rows": orjson.dumps([
+                (m["id"], _int_or_none(m.get("tab_id")), m.get("client_id"), m.get("start_ms"),
+                 m.get("page_visit_id"), data, rev) for m, data, rev in aggs])})
+        jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, rev in visits]
+        jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, rev in aggs]
+        if jobs:
+            conn.execute(JOBS_UPSERT, {"user": user_id, "now": now, "state": "queued" if queued
+                                       else "pending", "enqueued_at": now if queued else None,
+                                       "jobs": orjson.dumps([(t, r, v) for t, _, r, v in jobs])})
         conn.execute(
             "INSERT INTO syncs (id, user_id, received_at, visits, aggregates, rejected, warnings, "
             "jobs, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sync_id, user_id, now, len(batch.visits), len(batch.aggregates), len(batch.rejected),
              len(batch.warnings), len(jobs), json.dumps(client or {})))
-        bump_counter(conn, "records_ingested", len(batch.visits) + len(batch.aggregates))
-        bump_counter(conn, "records_rejected", len(batch.rejected))
+        bump_counters(conn, {"records_ingested": len(batch.visits) + len(batch.aggregates),
+                             "records_rejected": len(batch.rejected)})
         if token_id is not None:
             conn.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
     return {"sync_id": sync_id, "jobs": jobs}
@@ -375,9 +409,16 @@ def _int_or_none(value):
 
 
 def bump_counter(conn, name: str, amount: int) -> None:
-    if amount:
-        conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) "
-                     "DO UPDATE SET value = value + excluded.value", (name, amount))
+    bump_counters(conn, {name: amount})
+
+
+def bump_counters(conn, amounts: dict) -> None:
+    """Add to several counters in one statement (those whose amount is not 0)."""
+    rows = [(name, amount) for name, amount in amounts.items() if amount]
+    if rows:
+        conn.execute("INSERT INTO counters (name, value) VALUES " + ", ".join(["(?, ?)"] * len(rows))
+                     + " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                     [v for row in rows for v in row])
 
 
 def counters(conn) -> dict:

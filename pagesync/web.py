@@ -17,7 +17,7 @@ import bottle
 from . import dashboard, metrics, payload, processing, stats, store
 from .body import PayloadError, decode_body
 from .config import Settings
-from .queue import Reachability, deliver, make_huey, outbox, queue_depth
+from .queue import Reachability, deliver, make_huey, queue_depth, queued_in_batch
 
 log = logging.getLogger("pagesync.web")
 DATABASE_BUSY = Reachability("database")  # logs a run of 503s once, and when it is over
@@ -106,9 +106,9 @@ class App:
         # instead of polling SQLite's busy handler; processes still wait on SQLite's lock.
         self.write_lock = threading.Lock()
         self.huey = make_huey(settings)
-        # The embedded default: job messages commit with their batch (the naive bench
-        # baseline enqueues one by one after the commit instead).
-        self.outbox = outbox(self.huey, settings) if settings.enqueue_mode != "naive" else None
+        # The embedded default: the jobs are queued as their batch commits (the naive bench
+        # baseline enqueues them one by one after the commit instead).
+        self.queued = queued_in_batch(self.huey) and settings.enqueue_mode != "naive"
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     def authenticate(self) -> dict:
@@ -183,11 +183,11 @@ class App:
                            data={"page_visits_synced": 0, "tab_aggregates_synced": 0,
                                  "jobs_enqueued": 0, **report})
         saved = self.write(store.save_batch, self.pool.get(), user["id"], batch, batch.client,
-                           self.outbox, user["token_id"])
+                           self.queued, user["token_id"])
         DATABASE_BUSY.up()  # a batch was written: any run of 503s is over
         if self.settings.fault == "exit-after-commit":
             os._exit(3)  # test-only: the server dies between commit and enqueue
-        if self.outbox is None:
+        if not self.queued:
             deliver(self.light_pool.get(), self.huey, saved["jobs"], self.settings.enqueue_mode,
                     write=self.write)
         nv, na = len(batch.visits), len(batch.aggregates)

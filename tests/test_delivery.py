@@ -549,3 +549,55 @@ def test_jobs_reprocess_corrects_rollups_made_by_older_rules(stack_factory):
     assert not conn.execute("SELECT 1 FROM rollups WHERE host = ?", (old,)).fetchall()
     res = st.cli("jobs", "reprocess", "--task", "Nope", check=False)
     assert res.returncode == 2 and "--task must be one of" in res.stderr
+
+
+OLD_LAYOUT = """
+CREATE TABLE page_visits (
+    user_id INTEGER NOT NULL, id TEXT NOT NULL, url TEXT, title TEXT, started_at INTEGER,
+    tab_id INTEGER, client_id TEXT, data TEXT NOT NULL, content_hash TEXT NOT NULL,
+    revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
+    norm_url TEXT, host TEXT, site TEXT, category TEXT, engagement REAL, unread INTEGER,
+    applied TEXT, processed_revision INTEGER, processed_at REAL,
+    PRIMARY KEY (user_id, id)) WITHOUT ROWID;
+CREATE TABLE tab_aggregates (
+    user_id INTEGER NOT NULL, id TEXT NOT NULL, tab_id INTEGER, client_id TEXT,
+    start_ms INTEGER, page_visit_id TEXT, data TEXT NOT NULL, content_hash TEXT NOT NULL,
+    revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
+    linked_visit_id TEXT, tab_seconds INTEGER, top_host TEXT,
+    applied TEXT, processed_revision INTEGER, processed_at REAL,
+    PRIMARY KEY (user_id, id)) WITHOUT ROWID;
+CREATE TABLE jobs (
+    task TEXT NOT NULL, user_id INTEGER NOT NULL, record_id TEXT NOT NULL,
+    revision INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL, enqueued_at REAL, started_at REAL, finished_at REAL,
+    done_revision INTEGER, next_attempt_at REAL, error TEXT, traceback TEXT, worker TEXT,
+    PRIMARY KEY (task, user_id, record_id)) WITHOUT ROWID;
+"""
+
+
+def test_a_database_of_the_earlier_layout_is_upgraded_and_keeps_its_records(stack_factory, tmp_path):
+    """Records written when rows held the url and title twice and a content hash: the
+    first command drops those columns; the records, their jobs and re-sends work on."""
+    conn = store.connect(str(tmp_path / "pagesync.db"))
+    conn.executescript(OLD_LAYOUT)
+    visits = reference("extension_visits.json")
+    first = visits["pageVisits"][0]
+    rec = store.P.parse_batch({"pageVisits": [first]}, int(time.time() * 1000)).visits[0]
+    conn.execute("INSERT INTO page_visits (user_id, id, url, title, started_at, data, content_hash, "
+                 "revision) VALUES (1, ?, ?, ?, ?, ?, 'h', 1)",
+                 (rec["id"], rec["url"], rec["title"], rec["started_at"], store.canonical(rec)))
+    conn.execute("INSERT INTO jobs (task, user_id, record_id, revision, state, created_at, "
+                 "enqueued_at) VALUES (?, 1, ?, 1, 'queued', 0, 0)", (store.TASK_VISIT, rec["id"]))
+    conn.close()
+    st = stack_factory(**FAST)
+    st.start_server()
+    token = st.token()  # the first user: the row above is hers
+    assert "content_hash" not in store.table_columns(st.conn(), "page_visits")
+    assert "url" not in store.table_columns(st.conn(), "page_visits")
+    again = sync_ok(st, token, {"pageVisits": [first]})
+    assert again["jobs_enqueued"] == 0  # the stored record, unchanged: no new job
+    n = sync_both(st, token)
+    st.start_worker()
+    st.wait_drained(40)
+    all_processed(st)
+    assert row_count(st.conn(), "page_visits") == len(visits["pageVisits"]) and n

@@ -21,7 +21,7 @@ def stats(st, token, **params):
 
 def stored(st, user: str) -> dict:
     rows = st.conn().execute(
-        "SELECT p.id, p.url, p.data FROM page_visits p JOIN users u ON u.id = p.user_id "
+        "SELECT p.id, p.data ->> '$.url' AS url, p.data FROM page_visits p JOIN users u ON u.id = p.user_id "
         "WHERE u.name = ? ORDER BY p.id", (user,)).fetchall()
     return {r["id"]: (r["url"], json.loads(r["data"])["duration_ms"]) for r in rows}
 

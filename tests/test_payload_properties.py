@@ -55,8 +55,8 @@ shaped_bodies = shaped(json_values)
 
 
 def storable(rec: dict) -> None:
-    """What the store does with a kept record must work: canonical JSON, UTF-8, a hash."""
-    store.content_hash(store.canonical(rec))
+    """What the store does with a kept record must work: canonical JSON, as UTF-8."""
+    store.canonical(rec).encode("utf-8")
 
 
 @PROPS

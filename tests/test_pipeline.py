@@ -137,7 +137,7 @@ def test_two_users_same_id_two_rows(stack):
     stack.sync(alice, {"pageVisits": body["pageVisits"][:1]})
     changed = dict(body["pageVisits"][0], title="bob's title", duration=5)
     stack.sync(bob, {"pageVisits": [changed]})
-    rows = stack.conn().execute("SELECT user_id, title FROM page_visits ORDER BY user_id").fetchall()
+    rows = stack.conn().execute("SELECT user_id, data ->> '$.title' AS title FROM page_visits ORDER BY user_id").fetchall()
     assert [r["title"] for r in rows] == [body["pageVisits"][0]["title"], "bob's title"]
 
 

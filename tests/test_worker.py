@@ -246,19 +246,30 @@ def test_batch_size_grows_for_fast_jobs_and_shrinks_for_slow_ones():
 # ---------------------------------------------------------------- bulk enqueue
 
 def test_sqlite_bulk_enqueue_is_one_transaction(tmp_path):
+    """On the embedded queue the jobs table is the queue: enqueueing many committed jobs is
+    one transaction, and workers take them oldest first, each job once."""
     settings = Settings(db=str(tmp_path / "q.db"))
+    store.init_db(settings.db)
+    conn = store.connect(settings.db)
+    todo = [(store.TASK_VISIT, 1, f"pv_{i:04d}", 1) for i in range(2500)]
+    with store.transaction(conn):
+        conn.executemany(store.JOB_UPSERT, [(*job, "pending", time.time(), None) for job in todo])
     huey = queue.make_huey(settings)
     statements = []
     huey.storage.conn.set_trace_callback(statements.append)
-    todo = [(store.TASK_VISIT, 1, f"pv_{i}", 1) for i in range(2500)]
     queue.enqueue_jobs(huey, todo)
     verbs = [s.split()[0].upper() for s in statements]
     assert verbs.count("BEGIN") == 1 and verbs.count("COMMIT") == 1, verbs[:5]
-    assert verbs.count("INSERT") == 2500
+    assert verbs.count("UPDATE") == 2500
     assert huey.pending_count() == 2500
     taken = queue.dequeue_batch(huey, 100)
-    assert [huey.deserialize_task(m).args for m in taken] == [(1, f"pv_{i}", 1) for i in range(100)]
+    assert [huey.deserialize_task(m).args for m in taken] == [(1, f"pv_{i:04d}", 1) for i in range(100)]
     assert huey.pending_count() == 2400
+    rest = queue.dequeue_batch(huey, 5000)
+    assert len(rest) == 2400 and queue.dequeue_batch(huey, 100) == []
+    assert {huey.deserialize_task(m).args[1] for m in taken + rest} == {job[2] for job in todo}
+    counts = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    assert counts == {"running": 2500}  # taken: a worker's until it runs them
 
 
 def test_redis_bulk_enqueue_is_one_lpush_per_thousand(tmp_path, redis_server):

@@ -58,10 +58,11 @@ class JobsTable(QueueStorage):
     huey = None  # set by make_huey: messages are made and read with its registry
 
     def enqueue(self, data, priority=None):
+        """One message, as Huey's SQLite storage enqueues one (its own transaction)."""
         job = self.job_of(data)
         if job is None:
             return super().enqueue(data, priority)
-        self.queue_jobs([job])
+        self.sql(QUEUE_JOB, (time.time(), *job[:3]), commit=True)
 
     def job_of(self, data: bytes) -> tuple | None:
         """(task, user_id, record_id, revision) when the message is a pagesync job."""

@@ -6,6 +6,7 @@ The database is the source of truth: records, each record's processing state (ta
 from __future__ import annotations
 
 import hashlib
+import functools
 import hmac
 import json
 import math
@@ -16,6 +17,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import orjson
 import sqlite_utils
@@ -86,11 +88,22 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 # ---------------------------------------------------------------- connections
 
-def connect(path: str, durable: bool = True, timeout: float = 10.0) -> sqlite3.Connection:
+class Connection(sqlite3.Connection):
+    """A connection that knows its lock timeout (`lock_timeout`, seconds). `polls`: its
+    busy timeout is 0 for good, since it only ever writes inside `begin_immediate`, which
+    polls for the lock itself (the server's batch writer)."""
+    lock_timeout = 10.0
+    polls = False
+
+
+def connect(path: str, durable: bool = True, timeout: float = 10.0,
+            polls: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL journal.
     `durable` fsyncs each commit (the server: a 200 means the batch is on disk)."""
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False,
+                           factory=Connection)
     conn.row_factory = sqlite3.Row
+    conn.lock_timeout, conn.polls = timeout, polls
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
     deadline = time.monotonic() + timeout
     while True:
@@ -103,6 +116,8 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0) -> sqlite3.C
             time.sleep(0.02)
     conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = ON")
+    if polls:
+        conn.execute("PRAGMA busy_timeout = 0")
     return conn
 
 
@@ -190,20 +205,62 @@ def begin_immediate(conn: sqlite3.Connection) -> None:
     timeout. SQLite's own busy handler sleeps 1, 2, 5 ... up to 100 ms between tries, so
     a writer could sleep long after the lock was free (other server or worker processes
     hold it for a few milliseconds at a time)."""
-    timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    if getattr(conn, "polls", False):  # its busy timeout is 0 already
+        return _poll_begin(conn, conn.lock_timeout)
+    timeout = getattr(conn, "lock_timeout", None)  # Huey's own connections: ask SQLite
+    timeout_ms = int(timeout * 1000) if timeout is not None else \
+        conn.execute("PRAGMA busy_timeout").fetchone()[0]
     conn.execute("PRAGMA busy_timeout = 0")
     try:
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not is_busy(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.001)
+        _poll_begin(conn, timeout_ms / 1000)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+
+
+def _poll_begin(conn, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
+class Checkpointer:
+    """Copies the write-ahead log back into the database file from a thread of its own,
+    every `interval` s (a PASSIVE checkpoint: it waits for nobody). Without it SQLite
+    does that inside a commit once the log passes 1000 pages, while the committing
+    server holds the write lock. The server's writer keeps a larger threshold of its
+    own (WRITER_AUTOCHECKPOINT) as a backstop."""
+
+    def __init__(self, path: str, interval: float = 0.2):
+        self.path, self.interval = path, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="checkpointer", daemon=True)
+
+    def start(self) -> "Checkpointer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        conn = connect(self.path, durable=True, timeout=1.0)
+        try:
+            while not self.stopped.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:  # busy or away: the next round, or a commit, does it
+                    pass
+        finally:
+            conn.close()
+
+
+WRITER_AUTOCHECKPOINT = 8000  # pages (32 MB of log) before a commit checkpoints itself
 
 
 class ConnectionPool:
@@ -294,19 +351,20 @@ def finite(value):
     return value
 
 
-def _existing(conn, table: str, user_id: int, ids: list) -> dict:
-    """{id: (data, revision)} of the stored versions of these records (one query)."""
+def _existing(conn, table: str, user_id: int, ids: list, data: bool = True) -> dict:
+    """{id: (data, revision)} of the stored versions of these records (one query); with
+    `data` False, {id: revision}."""
     if not ids:
         return {}
-    return {row[0]: (row[1], row[2]) for row in conn.execute(
-        f"SELECT id, data, revision FROM {table} WHERE user_id = ? AND id IN "
-        f"(SELECT value FROM json_each(?))", (user_id, orjson.dumps(ids)))}
+    rows = conn.execute(f"SELECT id, revision{', data' if data else ''} FROM {table} "
+                        f"WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))",
+                        (user_id, orjson.dumps(ids)))
+    return {r[0]: (r[2], r[1]) for r in rows} if data else {r[0]: r[1] for r in rows}
 
 
-def _changed(conn, table, user_id, records, merge):
+def _changed(records, existing: dict, merge) -> list:
     """Merge each record with its stored version; keep only records whose content changed
     (their stored JSON would differ). Returns [(merged record, data json, revision)]."""
-    existing = _existing(conn, table, user_id, [r["id"] for r in records])
     out = []
     for rec in records:
         old = existing.get(rec["id"])
@@ -320,81 +378,144 @@ def _changed(conn, table, user_id, records, merge):
     return out
 
 
-# The batch's rows go to SQLite as one JSON array per statement: the whole insert runs in
-# one call, which releases the GIL once (executemany releases and takes it again for each
-# row, and while other requests are parsing, each take waits for the interpreter's switch).
-VISIT_UPSERT = """
-INSERT INTO page_visits (user_id, id, started_at, tab_id, client_id, data, revision,
-    received_at, updated_at)
-SELECT :user, r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, :now, :now
-FROM (SELECT value AS r FROM json_each(:rows)) WHERE true
-ON CONFLICT (user_id, id) DO UPDATE SET started_at = excluded.started_at,
-    tab_id = excluded.tab_id, client_id = excluded.client_id, data = excluded.data,
-    revision = excluded.revision, updated_at = excluded.updated_at
-"""
-AGG_UPSERT = """
-INSERT INTO tab_aggregates (user_id, id, tab_id, client_id, start_ms, page_visit_id, data,
-    revision, received_at, updated_at)
-SELECT :user, r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, r ->> 6, :now, :now
-FROM (SELECT value AS r FROM json_each(:rows)) WHERE true
-ON CONFLICT (user_id, id) DO UPDATE SET tab_id = excluded.tab_id, client_id = excluded.client_id,
-    start_ms = excluded.start_ms, page_visit_id = excluded.page_visit_id, data = excluded.data,
-    revision = excluded.revision, updated_at = excluded.updated_at
-"""
-JOB_UPSERT = """
-INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, enqueued_at)
-VALUES (?, ?, ?, ?, ?, 0, ?, ?)
-ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revision,
-    state = excluded.state, attempts = 0, created_at = excluded.created_at,
-    enqueued_at = excluded.enqueued_at, next_attempt_at = NULL, error = NULL, traceback = NULL
-"""
-JOBS_UPSERT = """
-INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, enqueued_at)
-SELECT j ->> 0, :user, j ->> 1, j ->> 2, :state, 0, :now, :enqueued_at
-FROM (SELECT value AS j FROM json_each(:jobs)) WHERE true
-ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revision,
-    state = excluded.state, attempts = 0, created_at = excluded.created_at,
-    enqueued_at = excluded.enqueued_at, next_attempt_at = NULL, error = NULL, traceback = NULL
-"""
+@dataclass
+class Writes:
+    """What a batch writes, worked out from the stored versions it read (`seen`: table ->
+    {id: revision, None for a record not stored yet}): the changed records, as
+    [(merged record, data json, revision)], their jobs, and the statements that write
+    them ([(sql, params)])."""
+    visits: list
+    aggregates: list
+    seen: dict
+    jobs: list
+    statements: list
+
+
+def plan(conn, user_id: int, batch: P.Batch, queued: bool = False,
+         now: float | None = None) -> Writes:
+    """Read the stored versions of a batch's records and work out its writes: merging,
+    canonical JSON, the statements. Needs no write lock (`save_batch` checks, holding it,
+    that no other writer changed those records since, and plans again if one did).
+    `queued`: see save_batch."""
+    now = time.time() if now is None else now
+    seen, changed = {}, {}
+    for table, records, merge in (("page_visits", batch.visits, P.merge_visit),
+                                  ("tab_aggregates", batch.aggregates, P.merge_aggregate)):
+        existing = _existing(conn, table, user_id, [r["id"] for r in records])
+        seen[table] = {r["id"]: existing[r["id"]][1] if r["id"] in existing else None
+                       for r in records}
+        changed[table] = _changed(records, existing, merge)
+    visits, aggs = changed["page_visits"], changed["tab_aggregates"]
+    jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, rev in visits]
+    jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, rev in aggs]
+    statements = values_statements(VISIT_UPSERT, (user_id, now), [
+        (m["id"], m["started_at"], _int_or_none(m.get("tab_id")), m.get("client_id"), data, rev)
+        for m, data, rev in visits])
+    statements += values_statements(AGG_UPSERT, (user_id, now), [
+        (m["id"], _int_or_none(m.get("tab_id")), m.get("client_id"), m.get("start_ms"),
+         m.get("page_visit_id"), data, rev) for m, data, rev in aggs])
+    statements += values_statements(
+        JOB_UPSERT, (user_id, "queued" if queued else "pending", now, now if queued else None),
+        [(task, record_id, rev) for task, _, record_id, rev in jobs])
+    return Writes(visits, aggs, seen, jobs, statements)
+
+
+def still_current(conn, user_id: int, writes: Writes) -> bool:
+    """No other writer changed the records since `writes` was planned (every change of a
+    record's data bumps its revision)."""
+    for table, seen in writes.seen.items():
+        if seen and _existing(conn, table, user_id, list(seen), data=False) != \
+                {k: v for k, v in seen.items() if v is not None}:
+            return False
+    return True
+
+
+# A batch's rows are written by multi-row INSERTs whose sizes are powers of two (1000
+# rows: 512 + 256 + 128 + 64 + 32 + 8), each SQL text compiled once: per statement, one
+# call into SQLite with every row bound, which gives up the GIL once (executemany gives
+# it up and takes it back for each row: while other requests are parsing, each take
+# waits for the interpreter's switch interval).
+CHUNKS = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """`head VALUES row, row, ... tail`: `row` holds ?1..?n for the n shared parameters
+    and {} for each of the row's own."""
+    head: str
+    row: str
+    tail: str
+
+
+@functools.lru_cache(maxsize=64)
+def values_sql(upsert: Upsert, shared: int, width: int, rows: int) -> str:
+    first = shared + 1
+    values = ", ".join(upsert.row.format(*(f"?{first + width * k + j}" for j in range(width)))
+                       for k in range(rows))
+    return f"{upsert.head} VALUES {values} {upsert.tail}"
+
+
+def values_statements(upsert: Upsert, shared: tuple, rows: list) -> list:
+    """[(sql, params)] writing every row of `rows` (tuples of one width)."""
+    out, i = [], 0
+    for size in CHUNKS:
+        while len(rows) - i >= size:
+            params = list(shared)
+            for row in rows[i:i + size]:
+                params.extend(row)
+            out.append((values_sql(upsert, len(shared), len(rows[0]), size), params))
+            i += size
+    return out
+
+
+VISIT_UPSERT = Upsert(
+    "INSERT INTO page_visits (user_id, id, started_at, tab_id, client_id, data, revision, "
+    "received_at, updated_at)", "(?1, {}, {}, {}, {}, {}, {}, ?2, ?2)",
+    "ON CONFLICT (user_id, id) DO UPDATE SET started_at = excluded.started_at, "
+    "tab_id = excluded.tab_id, client_id = excluded.client_id, data = excluded.data, "
+    "revision = excluded.revision, updated_at = excluded.updated_at")
+AGG_UPSERT = Upsert(
+    "INSERT INTO tab_aggregates (user_id, id, tab_id, client_id, start_ms, page_visit_id, data, "
+    "revision, received_at, updated_at)", "(?1, {}, {}, {}, {}, {}, {}, {}, ?2, ?2)",
+    "ON CONFLICT (user_id, id) DO UPDATE SET tab_id = excluded.tab_id, "
+    "client_id = excluded.client_id, start_ms = excluded.start_ms, "
+    "page_visit_id = excluded.page_visit_id, data = excluded.data, "
+    "revision = excluded.revision, updated_at = excluded.updated_at")
+JOB_UPSERT = Upsert(
+    "INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, "
+    "enqueued_at)", "({}, ?1, {}, {}, ?2, 0, ?3, ?4)",
+    "ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revision, "
+    "state = excluded.state, attempts = 0, created_at = excluded.created_at, "
+    "enqueued_at = excluded.enqueued_at, next_attempt_at = NULL, error = NULL, traceback = NULL")
 
 
 def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
-               queued: bool = False, token_id: int | None = None) -> dict:
+               queued: bool = False, token_id: int | None = None,
+               writes: Writes | None = None) -> dict:
     """Write an accepted batch in one transaction: all of it or none of it. Returns the
     sync summary and its jobs ([(task, user_id, record_id, revision)]). `queued`: the
     queue is the jobs table itself (the embedded default, queue.JobsTable), so the jobs
     are written 'queued' and are in the queue as this commits; otherwise they are
     'pending' until the caller has handed them to the queue. `token_id`: the token that
-    sent it, whose last sync time is set."""
+    sent it, whose last sync time is set. `writes`: the batch's `plan` (with the same
+    `queued`), made before the write lock was taken; used if still current."""
     now = time.time()
     sync_id = "sync_" + uuid.uuid4().hex[:16]
     with transaction(conn):
-        visits = _changed(conn, "page_visits", user_id, batch.visits, P.merge_visit)
-        aggs = _changed(conn, "tab_aggregates", user_id, batch.aggregates, P.merge_aggregate)
-        if visits:
-            conn.execute(VISIT_UPSERT, {"user": user_id, "now": now, "rows": orjson.dumps([
-                (m["id"], m["started_at"], _int_or_none(m.get("tab_id")), m.get("client_id"),
-                 data, rev) for m, data, rev in visits])})
-        if aggs:
-            conn.execute(AGG_UPSERT, {"user": user_id, "now": now, "rows": orjson.dumps([
-                (m["id"], _int_or_none(m.get("tab_id")), m.get("client_id"), m.get("start_ms"),
-                 m.get("page_visit_id"), data, rev) for m, data, rev in aggs])})
-        jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, rev in visits]
-        jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, rev in aggs]
-        if jobs:
-            conn.execute(JOBS_UPSERT, {"user": user_id, "now": now, "state": "queued" if queued
-                                       else "pending", "enqueued_at": now if queued else None,
-                                       "jobs": orjson.dumps([(t, r, v) for t, _, r, v in jobs])})
+        if writes is None or not still_current(conn, user_id, writes):
+            writes = plan(conn, user_id, batch, queued, now)
+        for sql, params in writes.statements:
+            conn.execute(sql, params)
         conn.execute(
             "INSERT INTO syncs (id, user_id, received_at, visits, aggregates, rejected, warnings, "
             "jobs, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sync_id, user_id, now, len(batch.visits), len(batch.aggregates), len(batch.rejected),
-             len(batch.warnings), len(jobs), json.dumps(client or {})))
+             len(batch.warnings), len(writes.jobs), json.dumps(client or {})))
         bump_counters(conn, {"records_ingested": len(batch.visits) + len(batch.aggregates),
                              "records_rejected": len(batch.rejected)})
         if token_id is not None:
             conn.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
-    return {"sync_id": sync_id, "jobs": jobs}
+    return {"sync_id": sync_id, "jobs": writes.jobs}
 
 
 def prune_syncs(conn, older_than: float) -> int:

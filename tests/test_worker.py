@@ -253,7 +253,8 @@ def test_sqlite_bulk_enqueue_is_one_transaction(tmp_path):
     conn = store.connect(settings.db)
     todo = [(store.TASK_VISIT, 1, f"pv_{i:04d}", 1) for i in range(2500)]
     with store.transaction(conn):
-        conn.executemany(store.JOB_UPSERT, [(*job, "pending", time.time(), None) for job in todo])
+        conn.executemany("INSERT INTO jobs (task, user_id, record_id, revision, state, created_at) "
+                         "VALUES (?, ?, ?, ?, 'pending', 0)", todo)
     huey = queue.make_huey(settings)
     statements = []
     huey.storage.conn.set_trace_callback(statements.append)

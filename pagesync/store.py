@@ -359,15 +359,13 @@ def finite(value):
     return value
 
 
-def _existing(conn, table: str, user_id: int, ids: list, data: bool = True) -> dict:
-    """{id: (data, revision)} of the stored versions of these records (one query); with
-    `data` False, {id: revision}."""
+def _existing(conn, table: str, user_id: int, ids: list) -> dict:
+    """{id: (data, revision)} of the stored versions of these records (one query)."""
     if not ids:
         return {}
-    rows = conn.execute(f"SELECT id, revision{', data' if data else ''} FROM {table} "
-                        f"WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))",
-                        (user_id, orjson.dumps(ids)))
-    return {r[0]: (r[2], r[1]) for r in rows} if data else {r[0]: r[1] for r in rows}
+    rows = conn.execute(f"SELECT id, data, revision FROM {table} WHERE user_id = ? AND id IN "
+                        f"(SELECT value FROM json_each(?))", (user_id, orjson.dumps(ids)))
+    return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def _changed(records, existing: dict, merge) -> list:
@@ -388,13 +386,11 @@ def _changed(records, existing: dict, merge) -> list:
 
 @dataclass
 class Writes:
-    """What a batch writes, worked out from the stored versions it read (`seen`: table ->
-    {id: revision, None for a record not stored yet}): the changed records, as
-    [(merged record, data json, revision)], their jobs, and the statements that write
-    them ([(sql, params)])."""
+    """What a batch writes: the changed records, as [(merged record, data json,
+    revision)], their jobs, and the statements that write them ([(sql, params, rows it
+    must change or None)])."""
     visits: list
     aggregates: list
-    seen: dict
     jobs: list
     statements: list
 
@@ -402,40 +398,32 @@ class Writes:
 def plan(conn, user_id: int, batch: P.Batch, queued: bool = False,
          now: float | None = None) -> Writes:
     """Read the stored versions of a batch's records and work out its writes: merging,
-    canonical JSON, the statements. Needs no write lock (`save_batch` checks, holding it,
-    that no other writer changed those records since, and plans again if one did).
-    `queued`: see save_batch."""
+    canonical JSON, the statements. Needs no write lock: each record's row is written only
+    if it is still the version read (`save_batch` plans again, holding the lock, if another
+    writer changed one meanwhile). `queued`: see save_batch."""
     now = time.time() if now is None else now
-    seen, changed = {}, {}
+    changed = {}
     for table, records, merge in (("page_visits", batch.visits, P.merge_visit),
                                   ("tab_aggregates", batch.aggregates, P.merge_aggregate)):
         existing = _existing(conn, table, user_id, [r["id"] for r in records])
-        seen[table] = {r["id"]: existing[r["id"]][1] if r["id"] in existing else None
-                       for r in records}
         changed[table] = _changed(records, existing, merge)
     visits, aggs = changed["page_visits"], changed["tab_aggregates"]
     jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, rev in visits]
     jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, rev in aggs]
     statements = values_statements(VISIT_UPSERT, (user_id, now), [
         (m["id"], m["started_at"], _int_or_none(m.get("tab_id")), m.get("client_id"), data, rev)
-        for m, data, rev in visits])
+        for m, data, rev in visits], checked=True)
     statements += values_statements(AGG_UPSERT, (user_id, now), [
         (m["id"], _int_or_none(m.get("tab_id")), m.get("client_id"), m.get("start_ms"),
-         m.get("page_visit_id"), data, rev) for m, data, rev in aggs])
+         m.get("page_visit_id"), data, rev) for m, data, rev in aggs], checked=True)
     statements += values_statements(
         JOB_UPSERT, (user_id, "queued" if queued else "pending", now, now if queued else None),
         [(task, record_id, rev) for task, _, record_id, rev in jobs])
-    return Writes(visits, aggs, seen, jobs, statements)
+    return Writes(visits, aggs, jobs, statements)
 
 
-def still_current(conn, user_id: int, writes: Writes) -> bool:
-    """No other writer changed the records since `writes` was planned (every change of a
-    record's data bumps its revision)."""
-    for table, seen in writes.seen.items():
-        if seen and _existing(conn, table, user_id, list(seen), data=False) != \
-                {k: v for k, v in seen.items() if v is not None}:
-            return False
-    return True
+class StalePlan(Exception):
+    """Another writer changed a record between the plan and the write."""
 
 
 # A batch's rows are written by one INSERT ... SELECT FROM (VALUES ...) per table, all
@@ -465,9 +453,11 @@ def values_sql(upsert: Upsert, shared: int, width: int, rows: int) -> str:
             f"WHERE column1 IS NOT NULL {upsert.tail}")
 
 
-def values_statements(upsert: Upsert, shared: tuple, rows: list) -> list:
-    """[(sql, params)] writing every row of `rows` (tuples of one width, the first value
-    never NULL): one statement per MAX_ROWS rows."""
+def values_statements(upsert: Upsert, shared: tuple, rows: list, checked: bool = False) -> list:
+    """[(sql, params, rows it must change or None)] writing every row of `rows` (tuples of
+    one width, the first value never NULL): one statement per MAX_ROWS rows. `checked`:
+    the upsert changes a row only if it is still the version the plan read, so a
+    statement that changed fewer rows than it holds met another writer's change."""
     out = []
     for i in range(0, len(rows), MAX_ROWS):
         chunk = rows[i:i + MAX_ROWS]
@@ -477,7 +467,8 @@ def values_statements(upsert: Upsert, shared: tuple, rows: list) -> list:
         for row in chunk:
             params.extend(row)
         params.extend((None,) * (width * (size - len(chunk))))
-        out.append((values_sql(upsert, len(shared), width, size), params))
+        out.append((values_sql(upsert, len(shared), width, size), params,
+                    len(chunk) if checked else None))
     return out
 
 
@@ -487,7 +478,8 @@ VISIT_UPSERT = Upsert(
     "?1, column1, column2, column3, column4, column5, column6, ?2, ?2",
     "ON CONFLICT (user_id, id) DO UPDATE SET started_at = excluded.started_at, "
     "tab_id = excluded.tab_id, client_id = excluded.client_id, data = excluded.data, "
-    "revision = excluded.revision, updated_at = excluded.updated_at")
+    "revision = excluded.revision, updated_at = excluded.updated_at "
+    "WHERE page_visits.revision = excluded.revision - 1")
 AGG_UPSERT = Upsert(
     "INSERT INTO tab_aggregates (user_id, id, tab_id, client_id, start_ms, page_visit_id, data, "
     "revision, received_at, updated_at)",
@@ -495,7 +487,8 @@ AGG_UPSERT = Upsert(
     "ON CONFLICT (user_id, id) DO UPDATE SET tab_id = excluded.tab_id, "
     "client_id = excluded.client_id, start_ms = excluded.start_ms, "
     "page_visit_id = excluded.page_visit_id, data = excluded.data, "
-    "revision = excluded.revision, updated_at = excluded.updated_at")
+    "revision = excluded.revision, updated_at = excluded.updated_at "
+    "WHERE tab_aggregates.revision = excluded.revision - 1")
 JOB_UPSERT = Upsert(
     "INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, "
     "enqueued_at)", "column1, ?1, column2, column3, ?2, 0, ?3, ?4",
@@ -513,14 +506,26 @@ def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
     are written 'queued' and are in the queue as this commits; otherwise they are
     'pending' until the caller has handed them to the queue. `token_id`: the token that
     sent it, whose last sync time is set. `writes`: the batch's `plan` (with the same
-    `queued`), made before the write lock was taken; used if still current."""
+    `queued`), made before the write lock was taken; if another writer changed one of its
+    records since, the transaction is rolled back and the batch planned again."""
+    if writes is not None:
+        try:
+            return _write_batch(conn, user_id, batch, client, queued, token_id, writes)
+        except StalePlan:
+            pass
+    return _write_batch(conn, user_id, batch, client, queued, token_id, None)
+
+
+def _write_batch(conn, user_id, batch, client, queued, token_id, writes) -> dict:
     now = time.time()
     sync_id = "sync_" + uuid.uuid4().hex[:16]
     with transaction(conn):
-        if writes is None or not still_current(conn, user_id, writes):
+        if writes is None:  # planned holding the lock: nobody else writes meanwhile
             writes = plan(conn, user_id, batch, queued, now)
-        for sql, params in writes.statements:
-            conn.execute(sql, params)
+        for sql, params, expected in writes.statements:
+            changed = conn.execute(sql, params).rowcount
+            if expected is not None and changed != expected:
+                raise StalePlan
         conn.execute(
             "INSERT INTO syncs (id, user_id, received_at, visits, aggregates, rejected, warnings, "
             "jobs, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -38,7 +38,7 @@ def test_the_multi_row_statements_write_every_row_once(n):
     statements = store.values_statements(store.JOB_UPSERT, (7, "queued", 1.0, 1.0), rows)
     assert len(statements) == -(-n // store.MAX_ROWS)  # one per MAX_ROWS rows
     written = []
-    for sql, params in statements:
+    for sql, params, _ in statements:
         assert params[:4] == [7, "queued", 1.0, 1.0]
         assert len(set(re.findall(r"\?(\d+)", sql))) == len(params)  # each bound once
         own = params[4:]
@@ -57,20 +57,24 @@ def test_a_batch_of_any_size_is_stored_with_one_queued_job_per_record(db, n):
     assert [tuple(r) for r in states] == [("queued", n)]
 
 
-def test_a_plan_made_stale_by_another_writer_is_made_again_under_the_lock(db):
+@pytest.mark.parametrize("stored_before", [True, False])
+def test_a_plan_made_stale_by_another_writer_is_made_again_under_the_lock(db, stored_before):
     """Two requests plan the same record at once; the second commits first. The first
     must not write its plan (it would drop the other's longer duration): it plans again."""
     path, conn = db
-    store.save_batch(conn, 1, batch_of(visit(1, duration=1_000)))
+    if stored_before:
+        store.save_batch(conn, 1, batch_of(visit(1, duration=1_000)))
     other = store.connect(path)
     first = batch_of(visit(1, duration=5_000, title="first"))
-    stale = store.plan(conn, 1, first)  # read revision 1
-    store.save_batch(other, 1, batch_of(visit(1, duration=9_000)))  # revision 2 meanwhile
+    stale = store.plan(conn, 1, first)  # read revision 1, or no record at all
+    store.save_batch(other, 1, batch_of(visit(1, duration=9_000)))  # a new revision meanwhile
     saved = store.save_batch(conn, 1, first, writes=stale)
     row = conn.execute("SELECT data, revision FROM page_visits").fetchone()
     data = json.loads(row["data"])
-    assert (data["duration_ms"], data["title"], row["revision"]) == (9_000, "first", 3)
-    assert saved["jobs"] == [(store.TASK_VISIT, 1, visit(1)["id"], 3)]
+    revision = 3 if stored_before else 2
+    assert (data["duration_ms"], data["title"], row["revision"]) == (9_000, "first", revision)
+    assert saved["jobs"] == [(store.TASK_VISIT, 1, visit(1)["id"], revision)]
+    assert conn.execute("SELECT revision FROM jobs").fetchone()[0] == revision
 
 
 def test_a_current_plan_is_written_as_planned(db):
@@ -81,7 +85,8 @@ def test_a_current_plan_is_written_as_planned(db):
     conn.set_trace_callback(statements.append)
     store.save_batch(conn, 1, batch, queued=True, writes=writes)
     conn.set_trace_callback(None)
-    assert not any(s.startswith("SELECT id, revision, data") for s in statements)  # no re-plan
+    assert not any(s.startswith("SELECT id, data, revision") for s in statements)  # no re-plan
+    assert sum(s.startswith("INSERT INTO page_visits") for s in statements) == 1
     assert conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0] == 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -328,6 +329,16 @@ def make_app(settings: Settings) -> bottle.Bottle:
     return app
 
 
+def tune_gc() -> None:
+    """A 1000-record batch makes some 50,000 dicts and lists, none in a reference cycle
+    (freed as soon as the request is answered), and Python's cycle collector would run
+    about 70 times over them, with full passes over everything the server holds besides.
+    What is loaded by now is frozen out of its reach, and it runs every 20,000 new
+    objects rather than every 700."""
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+
+
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives each thread its own malloc arena, and each of cheroot's threads kept
     the memory of the 1000-record batches it parsed: 16 threads took the server from
@@ -382,6 +393,7 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16,
     from .multiserve import CannotServe, check_port
 
     app = make_app(settings)
+    tune_gc()
     server = wsgi.Server((host, port), app, numthreads=threads, request_queue_size=128,
                          server_name="pagesync", reuse_port=reuse_port)
     server.ConnectionClass = json_error_connection()

@@ -51,9 +51,11 @@ class PayloadError(Exception):
 
 def decode_body(raw: bytes, content_type: str | None, content_encoding: str | None,
                 max_bytes: int, limits: Limits = DEFAULT_LIMITS,
-                max_decompressed: int | None = None) -> object:
+                max_decompressed: int | None = None, depth: bool = True) -> object:
     """Bytes of a request body -> JSON value. Raises PayloadError (400/413/415).
-    `max_bytes` bounds the body as sent, `max_decompressed` (default: the same) after gzip."""
+    `max_bytes` bounds the body as sent, `max_decompressed` (default: the same) after gzip.
+    `depth` False: the caller checks the value's nesting itself (payload.parse_batch does,
+    sparing the records it finds plain)."""
     mime = (content_type or "").split(";")[0].strip().lower()
     if mime != "application/json" and not mime.endswith("+json"):
         raise PayloadError(415, f"Content-Type must be application/json, got {mime[:80] or 'nothing'}")
@@ -68,11 +70,17 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
     value = fast_loads(raw)
     if value is _SLOW:
         return careful_loads(raw, limits)
+    if depth:
+        check_depth(value, limits)
+    return value
+
+
+def check_depth(value, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse (400) a decoded body nested deeper than the limit."""
     depth = container_depth(value)
     if depth > limits.body_depth:
         raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
                                 f"{limits.body_depth}")
-    return value
 
 
 _SLOW = object()

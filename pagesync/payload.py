@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .body import DEFAULT_LIMITS, MAX_META_STRING, Limits, PayloadError
+from .body import DEFAULT_LIMITS, MAX_META_STRING, Limits, PayloadError, check_depth, container_depth
 from .hosts import authority_host, host_problem
 from .hosts import show as show_host
 
@@ -70,9 +70,12 @@ class RecordErrors:
 
 def parse_batch(body: object, now_ms: int, max_records: int | None = None,
                 limits: Limits = DEFAULT_LIMITS) -> Batch:
-    """A decoded JSON body -> Batch. Raises PayloadError(400) for a malformed request."""
+    """A decoded JSON body -> Batch. Raises PayloadError(400) for a malformed request,
+    and for a body nested deeper than the limit (the check body.decode_body can leave to
+    this function: a plain record cannot be too deep, so only the rest is walked)."""
     max_records = limits.max_records if max_records is None else max_records
     if not isinstance(body, dict):
+        check_depth(body, limits)
         raise PayloadError(400, f"Body must be a JSON object, got {json_type(body)}")
     visits = body.get("pageVisits")
     aggs = body.get("tabAggregates")
@@ -81,22 +84,28 @@ def parse_batch(body: object, now_ms: int, max_records: int | None = None,
         if value is not None and not isinstance(value, list):
             errors.append({"field": name, "message": f"must be an array, got {json_type(value)}"})
     if errors:
+        check_depth(body, limits)
         raise PayloadError(400, "; ".join(f"{e['field']} {e['message']}" for e in errors), errors)
     visits, aggs = visits or [], aggs or []
     total = len(visits) + len(aggs)
     if total > max_records:
+        check_depth(body, limits)
         raise PayloadError(400, f"Too many records: {total} in one request, the limit is {max_records}")
     batch = Batch(client=parse_client(body))
     default_client = batch.client.get("anonymousClientId")
+    # the nesting of what is not a plain record: the body's other values, other records
+    deepest = max((1 + container_depth(v) for k, v in body.items()
+                   if k not in ("pageVisits", "tabAggregates")), default=1)
     for kind, items, plain, parser, out in (
         ("pageVisit", visits, plain_visit, parse_visit, batch.visits),
         ("tabAggregate", aggs, plain_aggregate, parse_aggregate, batch.aggregates),
     ):
         for index, item in enumerate(items):
             rec = plain(item, default_client, now_ms, limits)
-            if rec is not None:  # the usual record: nothing to report
+            if rec is not None:  # the usual record: nothing to report, not too deep
                 out.append(rec)
                 continue
+            deepest = max(deepest, 2 + container_depth(item))
             rec, report = parser(item, default_client, now_ms, limits)
             ident = record_label(item, rec)
             for w in report.warnings:
@@ -105,6 +114,8 @@ def parse_batch(body: object, now_ms: int, max_records: int | None = None,
                 batch.rejected.append({"type": kind, "index": index, "id": ident, "errors": report.errors})
             else:
                 out.append(rec)
+    if deepest > limits.body_depth:
+        check_depth(body, limits)  # refuses it, with the whole body's figure
     batch.visits = merge_duplicates(batch.visits, merge_visit)
     batch.aggregates = merge_duplicates(batch.aggregates, merge_aggregate)
     return batch
@@ -775,7 +786,16 @@ def json_type(value) -> str:
 # one pass, calling the same cleaning helpers as the general path, and give up (None) at
 # the first value that the general path would report, reject or treat specially; the
 # general path then parses the whole record. So both give the same record (tested with
-# Hypothesis, tests/test_fast_paths.py), and the fast path never reports anything.
+# Hypothesis, tests/test_fast_paths.py), and the fast path never reports anything. A
+# plain record holds no array or object but its free-form fields (metadata, idle periods,
+# statistics, domain durations), each within the depth limit, so it is never too deep.
+
+_CONTAINER_TYPES = frozenset((dict, list))
+
+
+def _containers(item: dict) -> int:
+    """How many of a record's values are arrays or objects (counted at C speed)."""
+    return sum(map(_CONTAINER_TYPES.__contains__, map(type, item.values())))
 
 def _time_or_none(value, hi: int) -> bool:
     """A time the general path keeps as it is, or no time at all."""
@@ -901,6 +921,8 @@ def plain_visit(item, default_client: str | None, now_ms: int, limits: Limits = 
     metadata = g("metadata")
     if metadata is not None and (type(metadata) is not dict or not plain_and_small(metadata, limits)):
         return None
+    if _containers(item) != (idle is not None) + (metadata is not None):
+        return None  # an array or object elsewhere: the general path (and the depth check)
     return {"dialect": "extension", "id": rid, "url": url, "title": title, "domain": domain,
             "client_id": client or default_client, "started_at": start, "ended_at": ended,
             "opened_at": opened, "last_heartbeat": beat, "tab_id": tab,
@@ -955,6 +977,8 @@ def plain_aggregate(item, default_client: str | None, now_ms: int,
     statistics = _plain_object(g("statistics"), limits)
     if domain is False or client is False or statistics is False:
         return None
+    if _containers(item) != (durations is not None) + (statistics is not None):
+        return None  # an array or object elsewhere: the general path (and the depth check)
     return {"dialect": "extension", "tab_id": tab, "id": aggregate_id(start, tab),
             "start_ms": start, "last_active_ms": last, "closed_at": closed, "is_open": is_open,
             "total_active_ms": total, "domain_durations": durations, "page_count": pages,

@@ -179,7 +179,7 @@ class App:
             limits = self.settings.payload_limits()
             body = decode_body(raw, req.content_type, req.get_header("Content-Encoding"),
                                self.settings.max_body_bytes, limits,
-                               self.settings.max_decompressed_bytes)
+                               self.settings.max_decompressed_bytes, depth=False)
             batch = payload.parse_batch(body, int(time.time() * 1000), limits=limits)
         except PayloadError as exc:
             raise ApiError(exc.status, exc.message, exc.errors)

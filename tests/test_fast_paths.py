@@ -15,7 +15,7 @@ from pagesync import hosts as H
 from pagesync import payload as P
 from pagesync import processing as R
 from pagesync import store
-from .test_payload_properties import PROPS, json_values, json_values_with_surrogates
+from .test_payload_properties import PROPS, json_values, json_values_with_surrogates, shaped_bodies
 
 
 def outcome(fn, *args):
@@ -286,3 +286,46 @@ def test_the_tracking_shortcut_drops_what_the_full_check_drops(params, fragment)
     with mock.patch.object(P, "may_track", lambda query: True):
         want = P.strip_tracking(url)
     assert P.strip_tracking(url) == want
+
+
+# ---------------------------------------------------------------- the depth check left to parse_batch
+
+def nest(value, levels: int):
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+deep_values = st.integers(0, 140).map(lambda n: nest(1, n))
+deep_bodies = st.fixed_dictionaries({}, optional={
+    "pageVisits": st.lists(st.one_of(
+        st.just(BASE_VISIT), st.builds(lambda v, d: {**BASE_VISIT, "extra": v}, deep_values, st.none()),
+        st.builds(lambda v: {**BASE_VISIT, "metadata": v}, deep_values), deep_values), max_size=3),
+    "tabAggregates": st.lists(st.one_of(
+        st.just(BASE_AGGREGATE), st.builds(lambda v: {**BASE_AGGREGATE, "statistics": v}, deep_values),
+        st.builds(lambda v: {**BASE_AGGREGATE, "x": v}, deep_values)), max_size=3),
+    "junk": deep_values})
+
+
+def parsed(body, limits, depth_first: bool):
+    raw = json.dumps(body).encode()
+    try:
+        value = B.decode_body(raw, "application/json", None, 10 ** 8, limits, depth=depth_first)
+        return "ok", json.dumps(P.parse_batch(value, NOW, limits=limits).__dict__, sort_keys=True)
+    except B.PayloadError as exc:
+        return "error", exc.status, exc.message
+
+
+@settings(PROPS, max_examples=300)
+@given(deep_bodies | shaped_bodies, st.sampled_from([B.DEFAULT_LIMITS, B.Limits(max_depth=3)]))
+def test_leaving_the_depth_check_to_parse_batch_changes_no_outcome(body, limits):
+    assert parsed(body, limits, depth_first=False) == parsed(body, limits, depth_first=True)
+
+
+def test_a_deep_value_beside_plain_fields_is_still_refused():
+    for body in ({"pageVisits": [{**BASE_VISIT, "extra": nest(1, 140)}]},
+                 {"pageVisits": [BASE_VISIT], "junk": nest(1, 140)},
+                 {"tabAggregates": [{**BASE_AGGREGATE, "x": nest(1, 140)}]}):
+        with pytest.raises(B.PayloadError) as caught:
+            P.parse_batch(body, NOW)
+        assert caught.value.status == 400 and "over the limit of 128" in caught.value.message

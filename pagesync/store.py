@@ -436,24 +436,25 @@ MAX_ROWS = 1024  # rows per statement (SQLite allows 32766 parameters)
 
 
 @dataclass(frozen=True)
-class Upsert:
-    """`head SELECT select FROM (VALUES ...) WHERE column1 IS NOT NULL tail`: `select`
-    names the shared parameters ?1..?n and each row's values column1, column2, ..."""
+class Rows:
+    """A statement over many rows: `head SELECT select FROM (VALUES ...) WHERE column1 IS
+    NOT NULL tail`, `select` naming the shared parameters ?1..?n and each row's values
+    column1, column2, ..."""
     head: str
     select: str
     tail: str
 
 
 @functools.lru_cache(maxsize=128)
-def values_sql(upsert: Upsert, shared: int, width: int, rows: int) -> str:
+def values_sql(statement: Rows, shared: int, width: int, rows: int) -> str:
     first = shared + 1
     values = ", ".join("(" + ", ".join(f"?{first + width * k + j}" for j in range(width)) + ")"
                        for k in range(rows))
-    return (f"{upsert.head} SELECT {upsert.select} FROM (VALUES {values}) "
-            f"WHERE column1 IS NOT NULL {upsert.tail}")
+    return (f"{statement.head} SELECT {statement.select} FROM (VALUES {values}) "
+            f"WHERE column1 IS NOT NULL {statement.tail}")
 
 
-def values_statements(upsert: Upsert, shared: tuple, rows: list, checked: bool = False) -> list:
+def values_statements(statement: Rows, shared: tuple, rows: list, checked: bool = False) -> list:
     """[(sql, params, rows it must change or None)] writing every row of `rows` (tuples of
     one width, the first value never NULL): one statement per MAX_ROWS rows. `checked`:
     the upsert changes a row only if it is still the version the plan read, so a
@@ -467,12 +468,12 @@ def values_statements(upsert: Upsert, shared: tuple, rows: list, checked: bool =
         for row in chunk:
             params.extend(row)
         params.extend((None,) * (width * (size - len(chunk))))
-        out.append((values_sql(upsert, len(shared), width, size), params,
+        out.append((values_sql(statement, len(shared), width, size), params,
                     len(chunk) if checked else None))
     return out
 
 
-VISIT_UPSERT = Upsert(
+VISIT_UPSERT = Rows(
     "INSERT INTO page_visits (user_id, id, started_at, tab_id, client_id, data, revision, "
     "received_at, updated_at)",
     "?1, column1, column2, column3, column4, column5, column6, ?2, ?2",
@@ -480,7 +481,7 @@ VISIT_UPSERT = Upsert(
     "tab_id = excluded.tab_id, client_id = excluded.client_id, data = excluded.data, "
     "revision = excluded.revision, updated_at = excluded.updated_at "
     "WHERE page_visits.revision = excluded.revision - 1")
-AGG_UPSERT = Upsert(
+AGG_UPSERT = Rows(
     "INSERT INTO tab_aggregates (user_id, id, tab_id, client_id, start_ms, page_visit_id, data, "
     "revision, received_at, updated_at)",
     "?1, column1, column2, column3, column4, column5, column6, column7, ?2, ?2",
@@ -489,7 +490,7 @@ AGG_UPSERT = Upsert(
     "page_visit_id = excluded.page_visit_id, data = excluded.data, "
     "revision = excluded.revision, updated_at = excluded.updated_at "
     "WHERE tab_aggregates.revision = excluded.revision - 1")
-JOB_UPSERT = Upsert(
+JOB_UPSERT = Rows(
     "INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, created_at, "
     "enqueued_at)", "column1, ?1, column2, column3, ?2, 0, ?3, ?4",
     "ON CONFLICT (task, user_id, record_id) DO UPDATE SET revision = excluded.revision, "
@@ -566,14 +567,19 @@ def counters(conn) -> dict:
     return {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}
 
 
+MARK_QUEUED = Rows(  # looked up by primary key, row by row
+    "UPDATE jobs SET state = 'queued', enqueued_at = ?1 FROM (",
+    "column1 AS task, column2 AS user_id, column3 AS record_id, column4 AS revision",
+    ") AS j WHERE jobs.task = j.task AND jobs.user_id = j.user_id AND jobs.record_id = j.record_id "
+    "AND jobs.revision = j.revision AND jobs.state IN ('pending', 'queued')")
+
+
 def mark_enqueued(conn, jobs: list, now: float | None = None) -> None:
     """After the queue accepted the messages: pending -> queued (same revision only)."""
-    now = now or time.time()
+    statements = values_statements(MARK_QUEUED, (now or time.time(),), jobs)
     with transaction(conn):
-        conn.executemany(
-            "UPDATE jobs SET state = 'queued', enqueued_at = ? WHERE task = ? AND user_id = ? "
-            "AND record_id = ? AND revision = ? AND state IN ('pending', 'queued')",
-            [(now, *job) for job in jobs])
+        for sql, params, _ in statements:
+            conn.execute(sql, params)
 
 
 # ---------------------------------------------------------------- reading

@@ -791,11 +791,22 @@ def json_type(value) -> str:
 # statistics, domain durations), each within the depth limit, so it is never too deep.
 
 _CONTAINER_TYPES = frozenset((dict, list))
+# The fields plain_visit / plain_aggregate check, each a scalar or a bounded free-form value
+PLAIN_VISIT_FIELDS = frozenset(
+    "id visitId url title domain anonymousClientId startedAt timestamp endedAt openedAt "
+    "lastHeartbeat tabId sourcePageVisitId duration durationSeconds activeDuration "
+    "engagementRate category categoryConfidence categoryMethod isActive idlePeriods "
+    "metadata".split())
+PLAIN_AGGREGATE_FIELDS = frozenset(
+    "tabId startTime lastActiveTime closedAt isOpen totalActiveDuration pageCount "
+    "domainDurations currentUrl currentDomain statistics anonymousClientId".split())
 
 
-def _containers(item: dict) -> int:
-    """How many of a record's values are arrays or objects (counted at C speed)."""
-    return sum(map(_CONTAINER_TYPES.__contains__, map(type, item.values())))
+def _only_checked_containers(item: dict, fields: frozenset, checked: int) -> bool:
+    """The record holds no array or object but the `checked` ones of its free-form fields:
+    at once when it has no other field (the usual case), else by counting its containers."""
+    return fields.issuperset(item) or \
+        sum(map(_CONTAINER_TYPES.__contains__, map(type, item.values()))) == checked
 
 def _time_or_none(value, hi: int) -> bool:
     """A time the general path keeps as it is, or no time at all."""
@@ -921,7 +932,10 @@ def plain_visit(item, default_client: str | None, now_ms: int, limits: Limits = 
     metadata = g("metadata")
     if metadata is not None and (type(metadata) is not dict or not plain_and_small(metadata, limits)):
         return None
-    if _containers(item) != (idle is not None) + (metadata is not None):
+    if type(g("visitId")) in _CONTAINER_TYPES or type(g("timestamp")) in _CONTAINER_TYPES:
+        return None  # not read when id and startedAt are there, but never an array or object
+    if not _only_checked_containers(item, PLAIN_VISIT_FIELDS,
+                                    (idle is not None) + (metadata is not None)):
         return None  # an array or object elsewhere: the general path (and the depth check)
     return {"dialect": "extension", "id": rid, "url": url, "title": title, "domain": domain,
             "client_id": client or default_client, "started_at": start, "ended_at": ended,
@@ -977,7 +991,8 @@ def plain_aggregate(item, default_client: str | None, now_ms: int,
     statistics = _plain_object(g("statistics"), limits)
     if domain is False or client is False or statistics is False:
         return None
-    if _containers(item) != (durations is not None) + (statistics is not None):
+    if not _only_checked_containers(item, PLAIN_AGGREGATE_FIELDS,
+                                    (durations is not None) + (statistics is not None)):
         return None  # an array or object elsewhere: the general path (and the depth check)
     return {"dialect": "extension", "tab_id": tab, "id": aggregate_id(start, tab),
             "start_ms": start, "last_active_ms": last, "closed_at": closed, "is_open": is_open,

@@ -300,10 +300,14 @@ deep_values = st.integers(0, 140).map(lambda n: nest(1, n))
 deep_bodies = st.fixed_dictionaries({}, optional={
     "pageVisits": st.lists(st.one_of(
         st.just(BASE_VISIT), st.builds(lambda v, d: {**BASE_VISIT, "extra": v}, deep_values, st.none()),
-        st.builds(lambda v: {**BASE_VISIT, "metadata": v}, deep_values), deep_values), max_size=3),
+        st.builds(lambda v: {**BASE_VISIT, "metadata": v}, deep_values),
+        st.builds(lambda k, v: {**BASE_VISIT, k: v}, st.sampled_from(sorted(P.PLAIN_VISIT_FIELDS)),
+                  deep_values), deep_values), max_size=3),
     "tabAggregates": st.lists(st.one_of(
         st.just(BASE_AGGREGATE), st.builds(lambda v: {**BASE_AGGREGATE, "statistics": v}, deep_values),
-        st.builds(lambda v: {**BASE_AGGREGATE, "x": v}, deep_values)), max_size=3),
+        st.builds(lambda v: {**BASE_AGGREGATE, "x": v}, deep_values),
+        st.builds(lambda k, v: {**BASE_AGGREGATE, k: v},
+                  st.sampled_from(sorted(P.PLAIN_AGGREGATE_FIELDS)), deep_values)), max_size=3),
     "junk": deep_values})
 
 
@@ -324,6 +328,8 @@ def test_leaving_the_depth_check_to_parse_batch_changes_no_outcome(body, limits)
 
 def test_a_deep_value_beside_plain_fields_is_still_refused():
     for body in ({"pageVisits": [{**BASE_VISIT, "extra": nest(1, 140)}]},
+                 {"pageVisits": [{**BASE_VISIT, "visitId": nest(1, 140)}]},
+                 {"pageVisits": [{**BASE_VISIT, "timestamp": nest(1, 140)}]},
                  {"pageVisits": [BASE_VISIT], "junk": nest(1, 140)},
                  {"tabAggregates": [{**BASE_AGGREGATE, "x": nest(1, 140)}]}):
         with pytest.raises(B.PayloadError) as caught:

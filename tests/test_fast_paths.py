@@ -228,22 +228,20 @@ def test_every_edge_value_in_every_field_is_plain_only_when_nothing_is_reported(
     assert taken > len(fields) * 3
 
 
-@settings(PROPS, max_examples=1500)
-@given(st.dictionaries(visit_fields, edge_values, max_size=3), st.sets(visit_fields, max_size=3))
-def test_a_plain_visit_is_what_the_general_path_keeps_with_nothing_to_report(changes, dropped):
-    item = {k: v for k, v in {**BASE_VISIT, **changes}.items() if k not in dropped}
-    fast = P.plain_visit(item, "anon_default", NOW)
-    if fast is not None:
-        assert report(P.parse_visit, item) == (fast, [], [])
+RECORD_KINDS = [(BASE_VISIT, visit_fields, P.plain_visit, P.parse_visit),
+                (BASE_AGGREGATE, aggregate_fields, P.plain_aggregate, P.parse_aggregate)]
+changed_records = st.sampled_from(RECORD_KINDS).flatmap(lambda kind: st.tuples(
+    st.just(kind), st.dictionaries(kind[1], edge_values, max_size=3), st.sets(kind[1], max_size=3)))
 
 
-@settings(PROPS, max_examples=1500)
-@given(st.dictionaries(aggregate_fields, edge_values, max_size=3), st.sets(aggregate_fields, max_size=3))
-def test_a_plain_aggregate_is_what_the_general_path_keeps_with_nothing_to_report(changes, dropped):
-    item = {k: v for k, v in {**BASE_AGGREGATE, **changes}.items() if k not in dropped}
-    fast = P.plain_aggregate(item, "anon_default", NOW)
+@settings(PROPS, max_examples=3000)
+@given(changed_records)
+def test_a_plain_record_is_what_the_general_path_keeps_with_nothing_to_report(case):
+    (base, _, plain, parse), changes, dropped = case
+    item = {k: v for k, v in {**base, **changes}.items() if k not in dropped}
+    fast = plain(item, "anon_default", NOW)
     if fast is not None:
-        assert report(P.parse_aggregate, item) == (fast, [], [])
+        assert report(parse, item) == (fast, [], [])
 
 
 @PROPS

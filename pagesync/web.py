@@ -414,4 +414,7 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16,
         raise CannotServe(f"cannot listen on {host}:{port} ({exc})") from None
     log.info("pagesync serving on http://%s:%d (database %s, queue %s)", host, port,
              settings.db, settings.describe_queue())
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        app.config["pagesync.state"].checkpointer.stop()

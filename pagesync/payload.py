@@ -296,6 +296,8 @@ def parse_extension_aggregate(item: dict, r: RecordErrors, now_ms: int,
     rec["last_active_ms"] = parse_time(item.get("lastActiveTime"), "lastActiveTime", r, now_ms)
     rec["closed_at"] = parse_time(item.get("closedAt"), "closedAt", r, now_ms)
     rec["is_open"] = opt_bool(item, "isOpen", r)
+    if rec["closed_at"] is not None:
+        rec["is_open"] = False  # as merging makes it: a re-send is then no change
     rec["total_active_ms"] = parse_amount(item.get("totalActiveDuration"), "totalActiveDuration", r)
     rec["domain_durations"] = parse_domain_durations(item.get("domainDurations"), r)
     rec["page_count"] = opt_int(item, "pageCount", r)
@@ -333,7 +335,8 @@ def parse_api_aggregate(item: dict, r: RecordErrors, now_ms: int) -> dict:
         r.error("total_time_seconds", "is more than a year")
     if None not in (rec["total_time_s"], rec["active_time_s"]) and rec["active_time_s"] > rec["total_time_s"]:
         r.warn("active_time_seconds", "is larger than total_time_seconds")
-    rec.update(tab_id=None, start_ms=None, last_active_ms=None, is_open=None, total_active_ms=None,
+    rec.update(tab_id=None, start_ms=None, last_active_ms=None,
+               is_open=False if rec["closed_at"] is not None else None, total_active_ms=None,
                domain_durations=None, page_count=None, current_url=None, current_domain=None,
                statistics=None)
     return rec
@@ -995,7 +998,8 @@ def plain_aggregate(item, default_client: str | None, now_ms: int,
                                     (durations is not None) + (statistics is not None)):
         return None  # an array or object elsewhere: the general path (and the depth check)
     return {"dialect": "extension", "tab_id": tab, "id": aggregate_id(start, tab),
-            "start_ms": start, "last_active_ms": last, "closed_at": closed, "is_open": is_open,
+            "start_ms": start, "last_active_ms": last, "closed_at": closed,
+            "is_open": False if closed is not None else is_open,
             "total_active_ms": total, "domain_durations": durations, "page_count": pages,
             "current_url": current, "current_domain": domain, "statistics": statistics,
             "page_visit_id": None, "total_time_s": None, "active_time_s": None,

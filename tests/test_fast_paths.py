@@ -333,3 +333,15 @@ def test_a_deep_value_beside_plain_fields_is_still_refused():
         with pytest.raises(B.PayloadError) as caught:
             P.parse_batch(body, NOW)
         assert caught.value.status == 400 and "over the limit of 128" in caught.value.message
+
+
+@settings(PROPS, max_examples=1000)
+@given(changed_records | st.tuples(st.sampled_from(RECORD_KINDS), st.just({}), st.just(set())))
+def test_a_record_merged_with_itself_is_itself(case):
+    """So the same send twice is no change: no new revision, no new job."""
+    (base, _, _, parse), changes, dropped = case
+    item = {k: v for k, v in {**base, **changes}.items() if k not in dropped}
+    rec = parse(item, "anon_default", NOW)[0]
+    if rec is not None:
+        merge = P.merge_visit if parse is P.parse_visit else P.merge_aggregate
+        assert store.canonical(merge(rec, rec)) == store.canonical(rec)

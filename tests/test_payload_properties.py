@@ -270,3 +270,4 @@ def test_unpaired_surrogates_anywhere_are_stored_as_replacement_characters(key, 
         text = store.canonical(rec)
         storable(rec)
         assert not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+

@@ -52,6 +52,14 @@ def test_same_payload_twice_no_duplicates_no_new_jobs(stack):
     conn = stack.conn()
     assert row_count(conn, "page_visits") == len(body["pageVisits"])
     assert stack.snapshot()["queue_depth"] == len(body["pageVisits"])
+    # every kind of record: closed tabs and the API dialect too
+    closed = reference("extension_aggregates.json")
+    for agg in closed["tabAggregates"]:
+        agg["closedAt"] = agg["lastActiveTime"]
+    for other in (closed, reference("api_dialect.json")):
+        n = len(other.get("pageVisits") or []) + len(other.get("tabAggregates") or [])
+        assert stack.sync(token, other).json()["data"]["jobs_enqueued"] == n
+        assert stack.sync(token, other).json()["data"]["jobs_enqueued"] == 0
 
 
 def test_longer_duration_updates_row_and_enqueues_one_job(stack):

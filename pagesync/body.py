@@ -114,7 +114,7 @@ def careful_loads(raw: bytes, limits: Limits) -> object:
     except UnicodeDecodeError as exc:
         raise PayloadError(400, f"Body is not valid UTF-8: {exc.reason} at byte {exc.start}")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except RecursionError:
         raise PayloadError(400, "Body is not valid JSON: nested too deeply")
     except ValueError as exc:
@@ -187,6 +187,18 @@ def check_structure(raw: bytes, limits: Limits) -> None:
     if depth > limits.body_depth:
         raise PayloadError(400, f"Body is nested {depth} levels deep, over the limit of "
                                 f"{limits.body_depth}")
+
+
+MAX_INT_DIGITS = 4000  # Python refuses to read an integer of over 4300 digits
+
+
+def _parse_int(text: str):
+    """An integer; one of more than MAX_INT_DIGITS digits is too large for any field, like
+    a number past a float's range: infinity (a record error in a record's field, null in
+    a free-form object), not an error of the whole body."""
+    if len(text) <= MAX_INT_DIGITS:
+        return int(text)
+    return float("-inf") if text.startswith("-") else float("inf")
 
 
 def _reject_constant(name: str):

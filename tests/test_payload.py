@@ -8,6 +8,7 @@ import pytest
 
 from pagesync import body as B
 from pagesync import payload as P
+from pagesync import store
 
 NOW = 1_764_600_000_000  # 2025-12-01T14:40Z
 T = 1_764_547_200_000  # 2025-12-01T00:00Z
@@ -407,6 +408,20 @@ def test_numbers_too_big_for_a_float_are_errors_not_crashes():
     assert "between 0 and 1" in errors_of(batch, 2)["engagementRate"]
     assert [v["id"] for v in batch.visits] == ["pv_4"]
     assert "must be an integer" in warnings_of(batch)["tabId"]
+
+
+def test_integers_of_thousands_of_digits_are_field_errors_not_a_refused_body():
+    """Python refuses to read an integer of over 4300 digits; the record's field is an
+    error (like a number past a float's range), a free-form value null, the rest kept."""
+    big = "9" * 5001
+    raw = (b'{"pageVisits": [%s, %s, %s], "junk": -%s}' % (
+        json.dumps(visit(id="ok")).encode(), json.dumps(visit(id="dur", duration="BIG")).encode(),
+        json.dumps(visit(id="meta", metadata={"n": "BIG"})).encode(), big.encode())
+    ).replace(b'"BIG"', big.encode())
+    batch = P.parse_batch(decode(raw, max_bytes=100_000), NOW)
+    assert [v["id"] for v in batch.visits] == ["ok", "meta"]
+    assert errors_of(batch, 1) == {"duration": "must be a finite number"}
+    assert json.loads(store.canonical(batch.visits[1]))["metadata"] == {"n": None}
 
 
 # ---- found by a new user trying to break it

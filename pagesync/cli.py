@@ -80,7 +80,7 @@ def conn_for(s: Settings, create: bool = True):
     (a mistyped --db) instead of creating an empty one."""
     if not create and not Path(s.db).is_file():
         fail(f"no database at {s.db} (pass --db or set PAGESYNC_DB; `pagesync serve` creates it)")
-    store.init_db(s.db)
+    store.init_db(s.db, upgrade=False)  # the layout is serve's and worker's to upgrade
     return store.connect(s.db)
 
 

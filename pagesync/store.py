@@ -9,6 +9,7 @@ import hashlib
 import functools
 import hmac
 import json
+import logging
 import math
 import secrets
 import socket
@@ -23,6 +24,8 @@ import orjson
 import sqlite_utils
 
 from . import payload as P
+
+log = logging.getLogger("pagesync.store")
 
 TASK_VISIT = "ProcessPageVisit"
 TASK_AGGREGATE = "ProcessTabAggregate"
@@ -129,14 +132,17 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0,
     return conn
 
 
-def init_db(path: str) -> None:
-    """Create the schema (idempotent), through sqlite-utils, and bring a database of an
-    earlier layout up to date."""
+def init_db(path: str, upgrade: bool = True) -> None:
+    """Create the schema (idempotent: missing tables only), through sqlite-utils, and with
+    `upgrade`, bring a database of an earlier layout up to date (serve and worker do; a
+    command that only looks leaves the layout to them, so an older server still running
+    on the file keeps working until it is stopped)."""
     conn = connect(path)
     try:
         db = sqlite_utils.Database(conn)
         with_retry(lambda: db.executescript(SCHEMA))
-        with_retry(lambda: upgrade_layout(conn))
+        if upgrade:
+            with_retry(lambda: upgrade_layout(conn))
     finally:
         conn.close()
 
@@ -158,8 +164,11 @@ def upgrade_layout(conn) -> None:
     if not stale():
         return
     with transaction(conn):
-        for table, col in stale():
+        dropped = stale()
+        for table, col in dropped:
             conn.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    if dropped:
+        log.info("database layout upgraded: dropped %s", ", ".join(f"{t}.{c}" for t, c in dropped))
 
 
 def table_columns(conn, table: str) -> set:

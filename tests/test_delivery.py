@@ -576,8 +576,9 @@ CREATE TABLE jobs (
 
 
 def test_a_database_of_the_earlier_layout_is_upgraded_and_keeps_its_records(stack_factory, tmp_path):
-    """Records written when rows held the url and title twice and a content hash: the
-    first command drops those columns; the records, their jobs and re-sends work on."""
+    """Records written when rows held the url and title twice and a content hash: serve
+    (or worker) drops those columns, other commands leave them (an older server may still
+    be writing); the records, their jobs and re-sends work on."""
     conn = store.connect(str(tmp_path / "pagesync.db"))
     conn.executescript(OLD_LAYOUT)
     visits = reference("extension_visits.json")
@@ -590,6 +591,9 @@ def test_a_database_of_the_earlier_layout_is_upgraded_and_keeps_its_records(stac
                  "enqueued_at) VALUES (?, 1, ?, 1, 'queued', 0, 0)", (store.TASK_VISIT, rec["id"]))
     conn.close()
     st = stack_factory(**FAST)
+    for looking in (["watch", "--once"], ["stats", "--days", "1"], ["jobs", "failed"]):
+        st.cli(*looking)
+        assert "content_hash" in store.table_columns(st.conn(), "page_visits"), looking
     st.start_server()
     token = st.token()  # the first user: the row above is hers
     assert "content_hash" not in store.table_columns(st.conn(), "page_visits")

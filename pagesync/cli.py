@@ -16,7 +16,6 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
-from rich.text import Text
 
 from . import display, jobstate, store
 from .config import Settings
@@ -68,9 +67,22 @@ def log_level_of(value: str) -> str:
     return level
 
 
+class PrintableLog(logging.Filter):
+    """Log lines carry client data (record ids, urls, errors): their control characters
+    are written as escapes, so a line cannot act on the terminal or the log's reader."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = display.printable(message, display.LOG_ESCAPED)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)])
+    handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
+    handler.addFilter(PrintableLog())
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler])
     logging.getLogger("huey").setLevel(logging.WARNING)
     logging.getLogger("pagesync.jobs").setLevel(logging.WARNING if level == "INFO" else level)
 
@@ -262,7 +274,7 @@ def token_list(db: Db = None, as_json: AsJson = False):
     table = Table("user", "token", "created", "last sync", "status")
     for r in rows:
         used = fmt_time(r["last_used_at"]) if r["last_used_at"] else "[dim]never[/]"
-        table.add_row(Text(r["name"]), r["prefix"] + "…", fmt_time(r["created_at"]), used,
+        table.add_row(display.shown(r["name"]), r["prefix"] + "…", fmt_time(r["created_at"]), used,
                       "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]")
     console.print(table)
 
@@ -295,12 +307,13 @@ def jobs_failed(db: Db = None, as_json: AsJson = False,
         console.print("No failed jobs.")
         return
     # The id (what `jobs retry ID` takes, never cut short) over its error; Text, not
-    # markup: record ids come from clients and may hold "[...]".
+    # markup: record ids come from clients and may hold "[...]", and control characters
+    # (shown as escapes: `--json` gives the id as stored).
     table = Table(Column("job / error", overflow="fold"), "user", "attempts", "failed at",
                   title="Failed jobs", caption="pagesync jobs retry ID|--all · jobs discard ID|--all")
     for r in rows:
-        cell = Text(r["id"], style="bold") + Text("\n" + (r["error"] or ""), style="red")
-        table.add_row(cell, Text(r["user"]), str(r["attempts"]), fmt_time(r["finished_at"]))
+        cell = display.shown(r["id"], "bold") + "\n" + display.shown(r["error"] or "", "red")
+        table.add_row(cell, display.shown(r["user"]), str(r["attempts"]), fmt_time(r["finished_at"]))
     console.print(table)
 
 

@@ -14,6 +14,21 @@ from .store import TASKS
 
 STATE_STYLE = {"queued": "cyan", "running": "yellow", "retrying": "magenta", "done": "green",
                "failed": "red"}
+# Characters a client may put in an id, a url or a title that would act on the operator's
+# terminal instead of showing (ESC sequences retitle, clear or recolour it; bidi overrides
+# reorder what follows): shown as escapes wherever client data reaches the terminal.
+ESCAPED = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+ESCAPED.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+LOG_ESCAPED = {c: v for c, v in ESCAPED.items() if c not in (0x09, 0x0A)}
+
+
+def printable(value, table: dict = ESCAPED) -> str:
+    return str(value).translate(table)
+
+
+def shown(value, style: str = "") -> Text:
+    """Client data for a table cell or a line: its control characters as escapes."""
+    return Text(printable(value), style=style)
 
 
 def snapshot_view(snap: dict) -> Group:
@@ -82,8 +97,8 @@ def workers_table(snap: dict) -> Table:
         table.add_column(col)
     for w in snap["workers"]:
         style = {"alive": "green", "lost": "red"}.get(w["state"], "dim")
-        table.add_row(Text(w["name"]), str(w["pid"]), Text(f"{w['concurrency']} {w['kind']}"),
-                      Text(w["queue"] or ""),
+        table.add_row(shown(w["name"]), str(w["pid"]), Text(f"{w['concurrency']} {w['kind']}"),
+                      shown(w["queue"] or ""),
                       Text(w["state"], style=style), f"{w['last_seen_seconds_ago']:.0f}s ago")
     if not snap["workers"]:
         table.add_row("no worker seen in the last 5 minutes", "", "", "", "", "")
@@ -97,8 +112,8 @@ def in_flight_table(snap: dict) -> Table | None:
     for col in ("task", "record", "attempt", "age", "worker"):
         table.add_column(col)
     for j in snap["in_flight"][:10]:
-        table.add_row(j["task"], Text(j["record_id"]), str(j["attempts"]), f"{j['age_seconds']:.1f}s",
-                      Text(j["worker"] or ""))
+        table.add_row(j["task"], shown(j["record_id"]), str(j["attempts"]), f"{j['age_seconds']:.1f}s",
+                      shown(j["worker"] or ""))
     return table
 
 
@@ -110,8 +125,8 @@ def failures_table(snap: dict) -> Table | None:
         table.add_column(col, no_wrap=True)
     table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
     for f in snap["recent_failures"]:
-        table.add_row(f["task"], Text(f["record_id"]), Text(f["state"], style=STATE_STYLE.get(f["state"])),
-                      str(f["attempts"]), Text(str(f["error"] or "")[:80]))
+        table.add_row(f["task"], shown(f["record_id"]), Text(f["state"], style=STATE_STYLE.get(f["state"])),
+                      str(f["attempts"]), shown(str(f["error"] or "")[:80]))
     return table
 
 
@@ -166,8 +181,8 @@ def replay_summary(result) -> Group:
         for col in ("file", "records", "status", "error"):
             fails.add_column(col)
         for f in result.failures:
-            fails.add_row(Text(f["file"]), str(f["records"]),
-                          str(f["status"]) if f["status"] else "0 (no answer)", Text(f["error"]))
+            fails.add_row(shown(f["file"]), str(f["records"]),
+                          str(f["status"]) if f["status"] else "0 (no answer)", shown(f["error"]))
         parts.append(fails)
     return Group(*parts)
 
@@ -179,10 +194,10 @@ def rejected_table(rejected: list) -> Table:
     table.add_column("reason", ratio=3, overflow="fold")
     for r in rejected:
         for e in r["errors"]:
-            record = Text(f"{r['type']} #{r['index']} {r['id'] or '(no id)'}")
+            record = shown(f"{r['type']} #{r['index']} {r['id'] or '(no id)'}")
             if r.get("file"):
-                record.append(f"\n{r['file']}", style="dim")
-            table.add_row(record, Text(e["field"]), Text(short(e["message"])))
+                record.append(f"\n{printable(r['file'])}", style="dim")
+            table.add_row(record, shown(e["field"]), shown(short(e["message"])))
     return table
 
 
@@ -208,7 +223,7 @@ def stats_table(rows: list, title: str, by: str, show_site: bool = True) -> Tabl
     for r in rows:
         values = [r["visits"], r["seconds"], r["active_seconds"], r["tab_seconds"]]
         totals = [a + b for a, b in zip(totals, values)]
-        cells = [Text(r[by])] + ([Text(r["site"])] if show_site else [])
+        cells = [shown(r[by])] + ([shown(r["site"])] if show_site else [])
         table.add_row(*cells, str(values[0]), *(hms(v) for v in values[1:]))
     table.add_section()
     table.add_row("total", *([""] if show_site else []), str(totals[0]), *(hms(v) for v in totals[1:]),

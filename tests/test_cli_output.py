@@ -1,5 +1,6 @@
 """CLI output shows user data literally: names, hosts, worker names and errors holding "[...]"
 are not read as Rich markup."""
+import json
 import time
 
 from pagesync import store
@@ -99,3 +100,43 @@ def test_piped_output_keeps_long_values_whole(tmp_path):
         res = run(*command, "--db", db, env={"COLUMNS": ""})  # as if COLUMNS were unset
         assert res.returncode == 0, res.stderr
         assert long_id in res.stdout, (command, res.stdout)
+
+
+ESC_ID = "esc\x1b]0;PWNED\x07\x1b[2J\x1b[31mred\x00\u202ex"
+
+
+def test_control_characters_in_client_data_are_shown_as_escapes(tmp_path):
+    """A record id, error or host a client sent cannot retitle, clear or recolour the
+    operator's terminal: watch, jobs failed and stats show its control characters as
+    escapes; --json keeps them as sent (JSON escapes them)."""
+    db = str(tmp_path / "p.db")
+    store.init_db(db)
+    conn = store.connect(db)
+    store.create_token(conn, "alice")
+    now = time.time()
+    conn.execute("INSERT INTO rollups VALUES (1, '2024-05-01', ?, ?, 3, 100, 50, 20)",
+                 ("x\x1b[2J.com", "x\x1b[2J.com"))
+    conn.execute("INSERT INTO jobs (task, user_id, record_id, revision, state, attempts, finished_at, "
+                 "error) VALUES (?, 1, ?, 1, 'failed', 3, ?, ?)",
+                 (store.TASK_VISIT, ESC_ID, now, "boom \x1b[31m" + ESC_ID))
+    for args in (("watch", "--once"), ("jobs", "failed"), ("stats", "--date", "2024-05-01")):
+        res = cli(*args, "--db", db)
+        assert res.returncode == 0, res.stderr
+        assert "\x1b]" not in res.stdout and "\x1b[2J" not in res.stdout and "\x00" not in res.stdout
+        assert "\u202e" not in res.stdout
+    assert "esc\\x1b]0;PWNED\\x07\\x1b[2J" in cli("jobs", "failed", "--db", db).stdout
+    assert "x\\x1b[2J.com" in cli("stats", "--db", db, "--date", "2024-05-01").stdout
+    as_json = cli("jobs", "failed", "--db", db, "--json")
+    assert json.loads(as_json.stdout)[0]["record_id"] == ESC_ID
+
+
+def test_log_lines_show_control_characters_as_escapes(caplog):
+    import logging
+
+    from pagesync.cli import PrintableLog
+    record = logging.LogRecord("pagesync.jobs", logging.WARNING, __file__, 1,
+                               "%s failed: %s", (ESC_ID, "line one\nline two"), None)
+    assert PrintableLog().filter(record)
+    message = record.getMessage()
+    assert "\x1b" not in message and "\\x1b]0;PWNED" in message
+    assert "line one\nline two" in message  # newlines and tabs of our own lines stay

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from rich.table import Column, Table
 
 from . import display, jobstate, store
 from .config import Settings
+
+log = logging.getLogger("pagesync.cli")
 
 app = typer.Typer(help="pagesync: sync, process and watch browser-activity data.",
                   no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
@@ -96,6 +99,42 @@ def conn_for(s: Settings, create: bool = True):
     return store.connect(s.db)
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived while a command was waiting to start."""
+
+
+def _stopped(signum, frame):
+    raise Stopped
+
+
+def open_database(s: Settings) -> None:
+    """Create or upgrade the database before serving or working, waiting while another
+    process holds it locked (a backup, a `sqlite3` shell in a transaction): one line when
+    the wait starts and one when it is over. SIGTERM or Ctrl-C meanwhile ends the command
+    at once, exit 0 (nothing was started)."""
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    since = None
+    try:
+        while True:
+            try:
+                store.init_db(s.db, timeout=2.0)
+                store.try_write(s.db, timeout=2.0)  # the queue's tables are made next
+                break
+            except store.StorageBusy as exc:
+                if since is None:
+                    since = time.monotonic()
+                    log.warning("database busy (%s): waiting for it before starting", exc)
+                time.sleep(0.5)
+    except Stopped:
+        err.print("stopped while waiting for the database; nothing was started")
+        raise typer.Exit(0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if since is not None:
+        log.info("database available again after %.0f s", time.monotonic() - since)
+
+
 def fail(message: str, code: int = 1):
     err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
@@ -123,6 +162,7 @@ def serve(
     level = log_level_of(log_level)
     setup_logging(level)
     s = settings(db, queue, dev=True if dev else None)
+    open_database(s)
     from .multiserve import CannotServe, run_many
 
     try:  # a port taken, an address that cannot be bound, children that cannot start: one line
@@ -147,7 +187,9 @@ def worker(
     if kind not in ("thread", "process"):
         fail("--kind must be thread or process", 2)
     setup_logging(log_level_of(log_level))
-    run_worker(settings(db, queue), workers, kind)
+    s = settings(db, queue)
+    open_database(s)
+    run_worker(s, workers, kind)
 
 
 # ---------------------------------------------------------------- replay

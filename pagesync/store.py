@@ -132,17 +132,33 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0,
     return conn
 
 
-def init_db(path: str, upgrade: bool = True) -> None:
+def init_db(path: str, upgrade: bool = True, timeout: float = 10.0) -> None:
     """Create the schema (idempotent: missing tables only), through sqlite-utils, and with
     `upgrade`, bring a database of an earlier layout up to date (serve and worker do; a
     command that only looks leaves the layout to them, so an older server still running
     on the file keeps working until it is stopped)."""
-    conn = connect(path)
+    try:
+        conn = connect(path, timeout=timeout)
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise StorageBusy(str(exc)) from exc
+        raise
     try:
         db = sqlite_utils.Database(conn)
-        with_retry(lambda: db.executescript(SCHEMA))
+        with_retry(lambda: db.executescript(SCHEMA), timeout)
         if upgrade:
-            with_retry(lambda: upgrade_layout(conn))
+            with_retry(lambda: upgrade_layout(conn), timeout)
+    finally:
+        conn.close()
+
+
+def try_write(path: str, timeout: float = 2.0) -> None:
+    """Take the database's write lock and give it back (StorageBusy if another process
+    keeps it past `timeout`)."""
+    conn = connect(path, timeout=timeout)
+    try:
+        with transaction(conn):
+            pass
     finally:
         conn.close()
 

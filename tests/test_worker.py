@@ -462,3 +462,51 @@ def test_redis_going_away_under_a_running_worker_is_one_warning(stack_factory, t
         assert_one_outage(log, "queue unreachable", "queue reachable again")
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- a locked database at start
+
+def words(log: str) -> str:
+    """A log with its lines' wrapping undone (Rich wraps at the terminal's width)."""
+    return " ".join(log.split())
+
+
+def hold_lock(path: str, seconds: float) -> threading.Thread:
+    """Another process's transaction (a backup, a sqlite3 shell) held for `seconds`."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+
+    def release():
+        time.sleep(seconds)
+        conn.execute("ROLLBACK")
+        conn.close()
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_worker_and_server_wait_for_a_locked_database_then_start(stack_factory):
+    st = stack_factory()
+    st.token()  # the database exists
+    holder = hold_lock(st.settings.db, 5)
+    worker = st.start_worker()
+    server = st.start_server()  # answers /healthz only once the lock is gone
+    holder.join()
+    wait_for(lambda: "database available again" in words(worker_log(st)), 20, "the worker to start")
+    log = words(worker_log(st))
+    assert "waiting for it before starting" in log and log.count("database busy") == 1
+    assert "Traceback" not in log and worker.poll() is None and server.poll() is None
+    assert "waiting for it before starting" in words((st.tmp / "serve.log").read_text())
+
+
+def test_sigterm_while_waiting_for_a_locked_database_exits_0(stack_factory):
+    st = stack_factory()
+    st.token()
+    holder = hold_lock(st.settings.db, 8)
+    worker = st.start_worker()
+    wait_for(lambda: "waiting for it before starting" in words(worker_log(st)), 15,
+             "the worker to wait")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert "stopped while waiting for the database" in words(worker_log(st))
+    holder.join()

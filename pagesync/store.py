@@ -365,11 +365,18 @@ def user_id_by_name(conn, name: str) -> int | None:
 # ---------------------------------------------------------------- batch writes
 
 def canonical(rec: dict) -> str:
-    """A record as compact JSON with sorted keys: what is stored, and what is hashed."""
+    """A record as compact JSON with sorted keys: what is stored (as text)."""
+    return canonical_bytes(rec).decode("utf-8")
+
+
+def canonical_bytes(rec: dict) -> bytes:
+    """canonical() as UTF-8 bytes: how a batch binds it (no text object to make and
+    encode again), cast to TEXT by the statement."""
     try:
-        return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+        return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer past 64 bits (kept in metadata): the standard library
-        return json.dumps(finite(rec), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(finite(rec), sort_keys=True, ensure_ascii=False,
+                          separators=(",", ":")).encode("utf-8")
 
 
 def finite(value):
@@ -385,25 +392,26 @@ def finite(value):
 
 
 def _existing(conn, table: str, user_id: int, ids: list) -> dict:
-    """{id: (data, revision)} of the stored versions of these records (one query)."""
+    """{id: (data as UTF-8 bytes, revision)} of the stored versions of these records (one
+    query)."""
     if not ids:
         return {}
-    rows = conn.execute(f"SELECT id, data, revision FROM {table} WHERE user_id = ? AND id IN "
-                        f"(SELECT value FROM json_each(?))", (user_id, orjson.dumps(ids)))
+    rows = conn.execute(f"SELECT id, CAST(data AS BLOB), revision FROM {table} WHERE user_id = ? "
+                        f"AND id IN (SELECT value FROM json_each(?))", (user_id, orjson.dumps(ids)))
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def _changed(records, existing: dict, merge) -> list:
     """Merge each record with its stored version; keep only records whose content changed
-    (their stored JSON would differ). Returns [(merged record, data json, revision)]."""
+    (their stored JSON would differ). Returns [(merged record, data json bytes, revision)]."""
     out = []
     for rec in records:
         old = existing.get(rec["id"])
         if old is None:
-            out.append((rec, canonical(rec), 1))
+            out.append((rec, canonical_bytes(rec), 1))
             continue
         merged = merge(json.loads(old[0]), rec)
-        data = canonical(merged)
+        data = canonical_bytes(merged)
         if data != old[0]:
             out.append((merged, data, old[1] + 1))
     return out
@@ -436,11 +444,11 @@ def plan(conn, user_id: int, batch: P.Batch, queued: bool = False,
     jobs = [(TASK_VISIT, user_id, m["id"], rev) for m, _, rev in visits]
     jobs += [(TASK_AGGREGATE, user_id, m["id"], rev) for m, _, rev in aggs]
     statements = values_statements(VISIT_UPSERT, (user_id, now), [
-        (m["id"], m["started_at"], _int_or_none(m.get("tab_id")), m.get("client_id"), data, rev)
+        (m["id"], m["started_at"], _int_or_none(m["tab_id"]), m["client_id"], data, rev)
         for m, data, rev in visits], checked=True)
     statements += values_statements(AGG_UPSERT, (user_id, now), [
-        (m["id"], _int_or_none(m.get("tab_id")), m.get("client_id"), m.get("start_ms"),
-         m.get("page_visit_id"), data, rev) for m, data, rev in aggs], checked=True)
+        (m["id"], _int_or_none(m["tab_id"]), m["client_id"], m["start_ms"],
+         m["page_visit_id"], data, rev) for m, data, rev in aggs], checked=True)
     statements += values_statements(
         JOB_UPSERT, (user_id, "queued" if queued else "pending", now, now if queued else None),
         [(task, record_id, rev) for task, _, record_id, rev in jobs])
@@ -501,7 +509,7 @@ def values_statements(statement: Rows, shared: tuple, rows: list, checked: bool 
 VISIT_UPSERT = Rows(
     "INSERT INTO page_visits (user_id, id, started_at, tab_id, client_id, data, revision, "
     "received_at, updated_at)",
-    "?1, column1, column2, column3, column4, column5, column6, ?2, ?2",
+    "?1, column1, column2, column3, column4, CAST(column5 AS TEXT), column6, ?2, ?2",
     "ON CONFLICT (user_id, id) DO UPDATE SET started_at = excluded.started_at, "
     "tab_id = excluded.tab_id, client_id = excluded.client_id, data = excluded.data, "
     "revision = excluded.revision, updated_at = excluded.updated_at "
@@ -509,7 +517,7 @@ VISIT_UPSERT = Rows(
 AGG_UPSERT = Rows(
     "INSERT INTO tab_aggregates (user_id, id, tab_id, client_id, start_ms, page_visit_id, data, "
     "revision, received_at, updated_at)",
-    "?1, column1, column2, column3, column4, column5, column6, column7, ?2, ?2",
+    "?1, column1, column2, column3, column4, column5, CAST(column6 AS TEXT), column7, ?2, ?2",
     "ON CONFLICT (user_id, id) DO UPDATE SET tab_id = excluded.tab_id, "
     "client_id = excluded.client_id, start_ms = excluded.start_ms, "
     "page_visit_id = excluded.page_visit_id, data = excluded.data, "

@@ -55,6 +55,9 @@ def test_a_batch_of_any_size_is_stored_with_one_queued_job_per_record(db, n):
     assert conn.execute("SELECT COUNT(*) FROM page_visits").fetchone()[0] == n
     states = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
     assert [tuple(r) for r in states] == [("queued", n)]
+    # the JSON is bound as UTF-8 bytes and stored as text that SQLite's JSON functions read
+    kinds = conn.execute("SELECT DISTINCT typeof(data), json_valid(data) FROM page_visits").fetchall()
+    assert [tuple(r) for r in kinds] == [("text", 1)]
 
 
 @pytest.mark.parametrize("stored_before", [True, False])

@@ -91,13 +91,6 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 # ---------------------------------------------------------------- connections
 
-# Pages of a new database file (an existing one keeps its own). A 1000-record batch
-# writes about 1.5 MB; in 16 KB pages (Firefox keeps its history in 32 KB ones) that is a
-# quarter of the log frames and B-tree pages of 4 KB ones, and the batch's commit takes
-# about half the time.
-PAGE_SIZE = 16384
-
-
 class Connection(sqlite3.Connection):
     """A connection that knows its lock timeout (`lock_timeout`, seconds). `polls`: its
     busy timeout is 0 for good, since it only ever writes inside `begin_immediate`, which
@@ -115,7 +108,6 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0,
     conn.row_factory = sqlite3.Row
     conn.lock_timeout, conn.polls = timeout, polls
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # a new file only; before WAL makes it
     deadline = time.monotonic() + timeout
     while True:
         try:

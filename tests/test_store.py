@@ -111,19 +111,3 @@ def test_the_log_is_checkpointed_by_its_own_thread(db):
     assert os.path.getsize(path) > before * 2  # copied into the database file
     assert conn.execute("SELECT COUNT(*) FROM page_visits").fetchone()[0] == 3000
 
-
-def test_a_new_database_has_large_pages_and_an_old_one_keeps_its_own(tmp_path):
-    new = str(tmp_path / "new.db")
-    store.init_db(new)
-    assert store.connect(new).execute("PRAGMA page_size").fetchone()[0] == store.PAGE_SIZE
-    old = str(tmp_path / "old.db")
-    import sqlite3
-    raw = sqlite3.connect(old)
-    raw.execute("PRAGMA journal_mode = WAL")  # created with SQLite's default pages
-    raw.close()
-    store.init_db(old)
-    conn = store.connect(old)
-    assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
-    conn.execute("SELECT COUNT(*) FROM page_visits")
-    store.save_batch(conn, 1, batch_of(visit(1)))
-    assert conn.execute("SELECT COUNT(*) FROM page_visits").fetchone()[0] == 1

@@ -24,9 +24,12 @@ class Row:
     higher_is_better: bool = True
     floor: str = ""
     ok: bool | None = None
+    paired_ratio: float | None = None  # the median of per-round ratios, when measured so
 
     @property
     def ratio(self) -> float | None:
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if not self.ours or not self.base:
             return None
         return self.ours / self.base if self.higher_is_better else self.base / self.ours

@@ -23,3 +23,25 @@ def test_readme_section_added_then_replaced(tmp_path):
     assert second.count(report.START) == 1 and second.count("## Benchmarks") == 1
     assert "| (a) ingest | 3,000 records/s | 2,000 records/s | 1.5x | >= 5x | yes |" in second
     assert "12,000" not in second and second.endswith("## After\n\nkept\n")
+
+
+def test_paired_rounds_alternate_and_ratio_is_the_median_of_rounds():
+    from bench.run import paired
+    calls = []
+    phases = iter([(10, 2), (30, 3), (20, 10)])  # (a, b) per round: the machine's speed moves
+    phase = {}
+
+    def fn_a():
+        phase["now"] = next(phases)
+        calls.append("a")
+        return {"rate": phase["now"][0]}
+
+    def fn_b():
+        calls.append("b")
+        return {"rate": phase["now"][1]}
+    ours, base, ratios = paired(fn_a, fn_b, 3)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert ours == {"rate": 20} and base == {"rate": 3}
+    assert ratios == {"rate": 5.0}  # the rounds' 5x, 10x and 2x: not 20 / 3
+    row = Row("(a) ingest", ours["rate"], base["rate"], "records/s", paired_ratio=ratios["rate"])
+    assert report.cells(row)[3] == "5.0x"

@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from . import display, jobstate, store
 from .config import Settings
@@ -136,7 +137,8 @@ def open_database(s: Settings) -> None:
 
 
 def fail(message: str, code: int = 1):
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    # soft wrap: the terminal folds a long line, Rich does not break it (paths stay whole)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -198,7 +200,7 @@ def worker(
 def replay(
     files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Payload files (JSON object, list "
                                                 "of objects, or JSON lines; .gz accepted). Directories: "
-                                                "their *.json.")],
+                                                "their *.json, *.jsonl and *.gz files.")],
     url: Annotated[str, typer.Option(envvar="PAGESYNC_URL", help="Server base URL.")] = "http://127.0.0.1:8000",
     token: Annotated[Optional[str], typer.Option(envvar="PAGESYNC_TOKEN", help="Bearer token.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per request (max 1000).", min=1, max=1000)] = 1000,
@@ -221,9 +223,13 @@ def replay(
     if not paths:
         fail("no payload files found (*.json, *.jsonl, *.gz)", 2)
     try:
-        reqs = R.plan(paths, batch_size)
+        reqs, empty = R.plan(paths, batch_size)
     except (OSError, ValueError) as exc:
         fail(f"cannot read payloads: {exc}", 2)
+    for path in empty:
+        err.print(Text.assemble(("warning: ", "yellow"), display.shown(path),
+                                ": no page visits or tab aggregates in it (nothing to send)"),
+                  soft_wrap=True)
     sender = R.Sender(url, token, retries=retries, gzip_body=gzip_body)
     total = sum(r.records for r in reqs)
     # The bar moves as requests are answered; beside it, what became of their records.

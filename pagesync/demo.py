@@ -41,7 +41,7 @@ def run_demo(payloads: Path, workdir: Path, timeout: float, console: Console) ->
     worker = procs.start_worker(settings, 2, "thread", workdir / "worker.log")
     console.print(f"server on http://127.0.0.1:{port} (pid {server.pid}), worker pid {worker.pid}")
     try:
-        reqs = replay.plan(files, 1000)
+        reqs, _ = replay.plan(files, 1000)
         sender = replay.Sender(f"http://127.0.0.1:{port}", token)
         result = replay.replay(reqs, sender)
         console.print(display.replay_summary(result))

@@ -8,6 +8,7 @@ import json
 import signal
 import threading
 import time
+import zlib
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,8 +59,11 @@ class ReplayResult:
 def load_payloads(path: Path) -> list[dict]:
     """A file holds one payload object, a list of payload objects, or JSON lines."""
     text = path.read_bytes()
-    if path.suffix == ".gz":
-        text = gzip.decompress(text)
+    try:
+        if path.suffix == ".gz":
+            text = gzip.decompress(text)
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
     try:
         text = text.decode("utf-8")
         try:
@@ -89,12 +93,16 @@ def split_requests(source: str, body: dict, batch_size: int) -> list[Request]:
     return out
 
 
-def plan(paths: list[Path], batch_size: int) -> list[Request]:
-    out = []
+def plan(paths: list[Path], batch_size: int) -> tuple[list[Request], list[Path]]:
+    """(the requests of every file in order, the files that hold no record)."""
+    out, empty = [], []
     for path in paths:
+        before = len(out)
         for body in load_payloads(path):
             out.extend(split_requests(path.name, body, batch_size))
-    return out
+        if len(out) == before:
+            empty.append(path)
+    return out, empty
 
 
 class Sender:
@@ -182,7 +190,9 @@ def record_outcome(result: ReplayResult, req: Request, status: int, body: dict |
         result.rejected.append({"file": req.source, **item})
     result.warnings += len(data.get("warnings") or [])
     result.records_answered += req.records
-    if 200 <= status < 300:
+    # 400 "every record was rejected" is an answer like a 200 with rejections: how records
+    # are cut into requests (--batch-size) must not make the same records a failure
+    if 200 <= status < 300 or (status == 400 and rejected and len(rejected) >= req.records):
         result.requests_ok += 1
         result.visits += data.get("page_visits_synced", 0)
         result.aggregates += data.get("tab_aggregates_synced", 0)

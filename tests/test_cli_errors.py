@@ -113,3 +113,18 @@ def test_serve_refuses_a_port_in_use_before_saying_it_serves(stack, tmp_path):
     assert res.returncode == 1, res.stderr
     assert res.stderr.strip() == f"error: port {stack.port} on 127.0.0.1 is in use"
     assert stack.server.poll() is None
+
+
+def test_replay_names_the_file_it_cannot_read_and_the_files_with_nothing_in_them(tmp_path):
+    bad = tmp_path / "export.json.gz"
+    bad.write_bytes(b'{"pageVisits": []}')  # named .gz, not gzip
+    res = run("replay", str(bad), "--token", "x", "--url", "http://127.0.0.1:9")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{bad}: not a readable gzip file" in res.stderr  # the path whole, on one line
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"pageVisits": [], "tabAggregates": []}')
+    res = run("replay", str(tmp_path / "empty.json"), "--token", "x", "--url", "http://127.0.0.1:9",
+              "--json")
+    assert res.returncode == 0, res.stderr
+    assert f"{empty}: no page visits or tab aggregates in it (nothing to send)" in res.stderr
+    assert json.loads(res.stdout)["records"] == 0

@@ -206,6 +206,28 @@ def test_replay_counts_each_record_once_as_stored_rejected_or_failed():
     record_outcome(result, req, 503, None, "Storage busy, retry later")
     assert (result.stored, len(result.rejected), result.records_failed) == (9, 11, 10)
     assert result.records_answered == 30 and result.records_unsent == 0
+    # a request whose every record was rejected was answered: only the 503 failed
+    assert (result.requests_ok, result.requests_failed) == (2, 1)
+
+
+def test_replay_exit_code_and_counts_do_not_depend_on_the_batch_size(stack, tmp_path):
+    """The same records, all of them rejected in the first request: a 400 "every record
+    was rejected" is an answer with rejections, like a 200 with some."""
+    token = stack.token()
+    good = many_visits(3, "bs")["pageVisits"]
+    bad = [dict(good[0], id=f"bad_{i}", url="javascript:alert(1)") for i in range(2)]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps({"pageVisits": bad + good}))
+    outs = []
+    for size in ("2", "1000"):
+        res = stack.cli("replay", str(path), "--url", stack.url, "--token", token,
+                        "--batch-size", size, "--json", check=False)
+        assert res.returncode == 0, (size, res.stdout)
+        outs.append(json.loads(res.stdout))
+    for out in outs:
+        assert out["requests_failed"] == 0 and out["records_failed"] == 0
+        assert len(out["rejected"]) == 2 and out["records"] == 5
+    assert outs[0]["requests_ok"] == 3 and outs[1]["requests_ok"] == 1
 
 
 def many_visits(n: int, prefix: str) -> dict:

@@ -108,11 +108,13 @@ def _stopped(signum, frame):
     raise Stopped
 
 
-def open_database(s: Settings) -> None:
+def open_database(s: Settings, role: str) -> None:
     """Create or upgrade the database before serving or working, waiting while another
     process holds it locked (a backup, a `sqlite3` shell in a transaction): one line when
     the wait starts and one when it is over. SIGTERM or Ctrl-C meanwhile ends the command
-    at once, exit 0 (nothing was started)."""
+    at once, exit 0 (nothing was started). A worker that had to create the database says
+    so (a warning): with a mistyped --db it would otherwise wait for jobs forever."""
+    created = s.db != ":memory:" and not Path(s.db).exists()
     previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     since = None
     try:
@@ -134,6 +136,9 @@ def open_database(s: Settings) -> None:
             signal.signal(sig, handler)
     if since is not None:
         log.info("database available again after %.0f s", time.monotonic() - since)
+    if created and role == "worker":  # a server making its database is the first run
+        log.warning("no database was at %s: created an empty one (the server must use this "
+                    "same file: --db or PAGESYNC_DB)", s.db)
 
 
 def fail(message: str, code: int = 1):
@@ -164,7 +169,7 @@ def serve(
     level = log_level_of(log_level)
     setup_logging(level)
     s = settings(db, queue, dev=True if dev else None)
-    open_database(s)
+    open_database(s, "server")
     from .multiserve import CannotServe, run_many
 
     try:  # a port taken, an address that cannot be bound, children that cannot start: one line
@@ -190,7 +195,7 @@ def worker(
         fail("--kind must be thread or process", 2)
     setup_logging(log_level_of(log_level))
     s = settings(db, queue)
-    open_database(s)
+    open_database(s, "worker")
     run_worker(s, workers, kind)
 
 

@@ -401,6 +401,10 @@ class PagesyncConsumer(Consumer):
         # Both SIGTERM (systemd, Docker, Kubernetes) and SIGINT (Ctrl-C) stop gracefully.
         self._signal_actions[signal.SIGINT] = (False, True)
         self._signal_actions[signal.SIGTERM] = (False, True)
+        if self.worker_type != "process":  # forked workers must not inherit the handlers
+            # Huey sets them once its threads run: a SIGTERM meanwhile would kill the
+            # process instead of stopping it (exit 0) as soon as it has started
+            self._set_signal_handlers()
 
     def get_environment(self, worker_type):
         if worker_type == "process":

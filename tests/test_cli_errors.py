@@ -128,3 +128,35 @@ def test_replay_names_the_file_it_cannot_read_and_the_files_with_nothing_in_them
     assert res.returncode == 0, res.stderr
     assert f"{empty}: no page visits or tab aggregates in it (nothing to send)" in res.stderr
     assert json.loads(res.stdout)["records"] == 0
+
+
+def test_a_worker_that_had_to_create_its_database_says_so(tmp_path):
+    """A mistyped --db would otherwise leave the worker waiting on an empty database."""
+    import os
+    import signal
+    typo = tmp_path / "pagesnyc.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGESYNC_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pagesync", "worker", "--db", str(typo)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines.append(proc.stderr.readline())
+            if "thread worker(s) on" in lines[-1]:  # running: SIGTERM now stops it cleanly
+                break
+        text = " ".join(" ".join(lines).split())
+        assert "no database was at" in text and "pagesnyc.db" in text, lines
+        assert "the server must use this same file" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert typo.exists()  # it does create it: the worker may start before the server
+    # an existing database: no such line
+    proc = subprocess.Popen([sys.executable, "-m", "pagesync", "worker", "--db", str(typo)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    first = proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=30)
+    assert "thread worker(s) on" in first, first + rest
+    assert "no database was at" not in first + rest and "Traceback" not in rest

@@ -372,7 +372,13 @@ def parse_id(item: dict, keys: tuple, r: RecordErrors):
                 r.error(key, f"is longer than {MAX_ID} characters")
                 return None
             return value
-    r.error(keys[0], "is missing" if all(item.get(k) in (None, "") for k in keys) else "must be a non-empty string")
+    sent = [item.get(k) for k in keys if item.get(k) is not None]
+    if not sent:
+        r.error(keys[0], "is missing")
+    elif all(isinstance(v, str) for v in sent):
+        r.error(keys[0], "is empty")
+    else:
+        r.error(keys[0], f"must be a non-empty string, got {json_type(sent[0])}")
     return None
 
 

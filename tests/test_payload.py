@@ -51,6 +51,10 @@ def test_valid_record_is_kept_and_reports_nothing():
 
 @pytest.mark.parametrize("fields, field, words", [
     ({"id": None}, "id", "missing"),
+    ({"id": ""}, "id", "is empty"),
+    ({"id": "   "}, "id", "is empty"),
+    ({"id": ["pv_1"]}, "id", "must be a non-empty string, got an array"),
+    ({"id": True}, "id", "must be a non-empty string, got a boolean"),
     ({"url": None}, "url", "missing"),
     ({"url": "   "}, "url", "missing"),
     ({"url": "ftp://example.org/file"}, "url", "http or https"),

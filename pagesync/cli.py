@@ -141,6 +141,13 @@ def open_database(s: Settings, role: str) -> None:
                     "same file: --db or PAGESYNC_DB)", s.db)
 
 
+def finite(value: float) -> float:
+    """A number option's check that its range cannot make: nan is within every range."""
+    if value != value:
+        raise typer.BadParameter("nan is not a number of seconds")
+    return value
+
+
 def fail(message: str, code: int = 1):
     # soft wrap: the terminal folds a long line, Rich does not break it (paths stay whole)
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
@@ -274,7 +281,8 @@ def expand_paths(files: list[Path]) -> list[Path]:
 
 @app.command()
 def watch(
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1, max=3600)] = 1.0,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1, max=3600,
+                                            callback=finite)] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.", metavar="")] = False,
     as_json: AsJson = False,
     db: Db = None, queue: Queue = None,
@@ -479,7 +487,7 @@ def demo(
     payloads: Annotated[Path, typer.Option(help="Folder of payload files.")] = Path("sample_payloads"),
     workdir: Annotated[Path, typer.Option(help="Where the demo database goes (emptied first).")] = Path(".demo"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.",
-                                           min=1, max=86400)] = 120.0,
+                                           min=1, max=86400, callback=finite)] = 120.0,
 ):
     """Run everything end to end on a fresh database: server, worker, replay, summary."""
     from .demo import run_demo

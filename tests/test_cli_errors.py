@@ -79,7 +79,8 @@ def test_numeric_options_out_of_range_are_refused(tmp_path):
         assert "Traceback" not in res.stderr
     for args, option in [(["replay", db, "--token", "x", "--retries", "-1"], "--retries"),
                          (["replay", db, "--token", "x", "--concurrency", "1000"], "--concurrency"),
-                         (["demo", "--timeout", "-3", "--payloads", str(tmp_path)], "--timeout")]:
+                         (["demo", "--timeout", "-3", "--payloads", str(tmp_path)], "--timeout"),
+                         (["demo", "--timeout", "nan", "--payloads", str(tmp_path)], "--timeout")]:
         res = run(*args)
         assert res.returncode == 2 and f"Invalid value for '{option}'" in res.stderr, (args, res.stderr)
     res = run("stats", "--db", db, "--date", "0001-01-02", "--days", "5")

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS page_visits (
     revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
     norm_url TEXT, host TEXT, site TEXT, category TEXT, engagement REAL, unread INTEGER,
     applied TEXT, processed_revision INTEGER, processed_at REAL,
-    PRIMARY KEY (user_id, id)) WITHOUT ROWID;
+    PRIMARY KEY (user_id, id));
 CREATE INDEX IF NOT EXISTS page_visits_tab ON page_visits (user_id, client_id, tab_id, started_at);
 CREATE TABLE IF NOT EXISTS tab_aggregates (
     user_id INTEGER NOT NULL, id TEXT NOT NULL, tab_id INTEGER, client_id TEXT,
@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS tab_aggregates (
     revision INTEGER NOT NULL, received_at REAL, updated_at REAL,
     linked_visit_id TEXT, tab_seconds INTEGER, top_host TEXT,
     applied TEXT, processed_revision INTEGER, processed_at REAL,
-    PRIMARY KEY (user_id, id)) WITHOUT ROWID;
+    PRIMARY KEY (user_id, id));
 CREATE INDEX IF NOT EXISTS tab_aggregates_tab ON tab_aggregates (user_id, client_id, tab_id, start_ms);
 CREATE INDEX IF NOT EXISTS tab_aggregates_visit ON tab_aggregates (user_id, page_visit_id);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -155,28 +155,68 @@ def try_write(path: str, timeout: float = 2.0) -> None:
         conn.close()
 
 
-# Columns of earlier layouts, now gone: the url and title were kept twice (in `data` too)
-# and a hash of `data` stood for it. Each made a row of a 1000-record batch cost more to
-# write (rows past ~1000 bytes spill into overflow pages of a WITHOUT ROWID table).
-DROPPED_COLUMNS = {"page_visits": ("url", "title", "content_hash"),
-                   "tab_aggregates": ("content_hash",)}
+# Earlier layouts of the record tables, brought up to date by rebuilding the table (once,
+# in one transaction): rows that held the url and title twice and a hash of `data` (each
+# made a 1000-record batch dearer to write), and tables WITHOUT ROWID. A WITHOUT ROWID
+# table keeps whole rows in its key's b-tree, which suits small rows; a record's row is
+# ~700 bytes, five to a page, and a batch's inserts cost ~40% more CPU there (measured)
+# than in a rowid table with (user_id, id) as its unique index.
+RECORD_TABLES = ("page_visits", "tab_aggregates")
+
+
+def stale_layout(conn, table: str) -> str | None:
+    """Why `table` must be rebuilt (None: it is up to date, or not there yet)."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                       (table,)).fetchone()
+    if row is None:
+        return None
+    why = []
+    if "WITHOUT ROWID" in row[0].upper():
+        why.append("rows moved out of a WITHOUT ROWID table")
+    gone = sorted(table_columns(conn, table) - set(schema_columns(table)))
+    if gone:
+        why.append(f"dropped {', '.join(gone)}")
+    return ", ".join(why) or None
+
+
+def table_ddl(table: str) -> str:
+    """The CREATE TABLE statement of `table` in SCHEMA."""
+    start = SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table} (")
+    return SCHEMA[start:SCHEMA.index(";", start) + 1]
+
+
+@functools.lru_cache(maxsize=None)
+def schema_columns(table: str) -> tuple:
+    conn = sqlite3.connect(":memory:")
+    conn.execute(table_ddl(table))
+    return tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
 
 
 def upgrade_layout(conn) -> None:
-    """Drop the columns of DROPPED_COLUMNS from a database that still has them (once,
-    in one transaction: another process starting at the same time waits, then finds it
-    done)."""
-    def stale() -> list:
-        return [(table, col) for table, cols in DROPPED_COLUMNS.items()
-                for col in cols if col in table_columns(conn, table)]
-    if not stale():
+    """Rebuild each record table of an earlier layout (see RECORD_TABLES): in one
+    transaction, so another process starting at the same time waits, then finds it done."""
+    if not any(stale_layout(conn, t) for t in RECORD_TABLES):
         return
+    done = []
     with transaction(conn):
-        dropped = stale()
-        for table, col in dropped:
-            conn.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
-    if dropped:
-        log.info("database layout upgraded: dropped %s", ", ".join(f"{t}.{c}" for t, c in dropped))
+        for table in RECORD_TABLES:
+            why = stale_layout(conn, table)
+            if why is None:
+                continue
+            started = time.monotonic()
+            columns = ", ".join(c for c in schema_columns(table)
+                                if c in table_columns(conn, table))
+            conn.execute(table_ddl(table).replace(f"EXISTS {table} (", f"EXISTS {table}_new ("))
+            rows = conn.execute(f"INSERT INTO {table}_new ({columns}) SELECT {columns} "
+                                f"FROM {table}").rowcount
+            conn.execute(f"DROP TABLE {table}")
+            conn.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+            done.append(f"{table} ({why}; {rows} rows, {time.monotonic() - started:.1f} s)")
+        for statement in SCHEMA.split(";"):  # the indexes, dropped with the old tables
+            if "CREATE INDEX" in statement:
+                conn.execute(statement)
+    if done:
+            log.info("database layout upgraded: %s", "; ".join(done))
 
 
 def table_columns(conn, table: str) -> set:

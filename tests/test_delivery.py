@@ -598,6 +598,10 @@ def test_a_database_of_the_earlier_layout_is_upgraded_and_keeps_its_records(stac
     token = st.token()  # the first user: the row above is hers
     assert "content_hash" not in store.table_columns(st.conn(), "page_visits")
     assert "url" not in store.table_columns(st.conn(), "page_visits")
+    assert not any(store.stale_layout(st.conn(), t) for t in store.RECORD_TABLES)
+    assert "WITHOUT ROWID" not in st.conn().execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'tab_aggregates'").fetchone()[0]
+    assert "database layout upgraded: page_visits (rows moved out of a" in st.logs()
     again = sync_ok(st, token, {"pageVisits": [first]})
     assert again["jobs_enqueued"] == 0  # the stored record, unchanged: no new job
     n = sync_both(st, token)

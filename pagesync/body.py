@@ -56,6 +56,15 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
     `max_bytes` bounds the body as sent, `max_decompressed` (default: the same) after gzip.
     `depth` False: the caller checks the value's nesting itself (payload.parse_batch does,
     sparing the records it finds plain)."""
+    data = json_bytes(raw, content_type, content_encoding, max_bytes, limits, max_decompressed)
+    return decode_json(data, limits, depth)
+
+
+def json_bytes(raw: bytes, content_type: str | None, content_encoding: str | None,
+               max_bytes: int, limits: Limits = DEFAULT_LIMITS,
+               max_decompressed: int | None = None) -> bytes:
+    """The JSON text of a request body (gzip undone), within the size and container
+    limits, not yet parsed. Raises PayloadError (413/415)."""
     mime = (content_type or "").split(";")[0].strip().lower()
     if mime != "application/json" and not mime.endswith("+json"):
         raise PayloadError(415, f"Content-Type must be application/json, got {mime[:80] or 'nothing'}")
@@ -67,9 +76,14 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
     elif encoding not in ("identity", ""):
         raise PayloadError(415, f"Content-Encoding {encoding[:40]} is not supported (use gzip or none)")
     check_containers(raw, limits)
-    value = fast_loads(raw)
+    return raw
+
+
+def decode_json(data: bytes, limits: Limits = DEFAULT_LIMITS, depth: bool = True) -> object:
+    """JSON text (from json_bytes) -> JSON value. Raises PayloadError (400/413)."""
+    value = fast_loads(data)
     if value is _SLOW:
-        return careful_loads(raw, limits)
+        return careful_loads(data, limits)
     if depth:
         check_depth(value, limits)
     return value

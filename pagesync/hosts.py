@@ -33,8 +33,11 @@ MAX_LABEL = 63
 
 # A host made of LDH-and-underscore labels whose last label starts with a letter (so it is
 # not an IPv4 address) and none starting with `xn--` (punycode is checked the long way).
-# Each label at most 63 here; the whole at most 253 is checked by is_plain.
-_PLAIN_HOST = re.compile(r"(?:(?!xn--)[a-z0-9_-]{1,63}\.)*(?!xn--)[a-z][a-z0-9_-]{0,62}\.?", re.I)
+# Each label at most 63 here; the whole at most 253 is checked by is_plain. ASCII only
+# (re.A): without it, [a-z] with re.I also matches the Kelvin sign and the long s, which
+# browsers map to "k" and "s".
+_PLAIN_HOST = re.compile(r"(?:(?!xn--)[a-z0-9_-]{1,63}\.)*(?!xn--)[a-z][a-z0-9_-]{0,62}\.?",
+                         re.I | re.A)
 _NOT_HOST_ASCII = re.compile(r"[\x00-\x2c\x2f\x3a-\x5e\x60\x7b-\x7f]")  # ASCII but a-z 0-9 - . _
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNICODE_DOTS = frozenset("\u3002\uff0e\uff61")  # UTS #46 maps them to "."

@@ -92,19 +92,36 @@ def parse_batch(body: object, now_ms: int, max_records: int | None = None,
         check_depth(body, limits)
         raise PayloadError(400, f"Too many records: {total} in one request, the limit is {max_records}")
     batch = Batch(client=parse_client(body))
-    default_client = batch.client.get("anonymousClientId")
     # the nesting of what is not a plain record: the body's other values, other records
     deepest = max((1 + container_depth(v) for k, v in body.items()
                    if k not in ("pageVisits", "tabAggregates")), default=1)
-    for kind, items, plain, parser, out in (
-        ("pageVisit", visits, plain_visit, parse_visit, batch.visits),
-        ("tabAggregate", aggs, plain_aggregate, parse_aggregate, batch.aggregates),
+    deepest = max(deepest, parse_records(batch, visits, aggs, now_ms, limits))
+    if deepest > limits.body_depth:
+        check_depth(body, limits)  # refuses it, with the whole body's figure
+    return merged(batch)
+
+
+def parse_records(batch: Batch, visits: list, aggs: list, now_ms: int, limits: Limits = DEFAULT_LIMITS,
+                  fast: tuple | None = None, load=None) -> int:
+    """Parse each record into `batch` (kept, or rejected with its errors; warnings): by
+    its kind's `fast` path (plain.py) when that takes it, else by the general path.
+    `load`: a record as given -> its JSON value, for records still JSON text. Returns the
+    deepest nesting of the records the general path parsed (a plain record is never
+    too deep)."""
+    fast = fast or (plain.plain_visit, plain.plain_aggregate)
+    default_client = batch.client.get("anonymousClientId")
+    deepest = 0
+    for kind, items, plain_path, parser, out in (
+        ("pageVisit", visits, fast[0], parse_visit, batch.visits),
+        ("tabAggregate", aggs, fast[1], parse_aggregate, batch.aggregates),
     ):
         for index, item in enumerate(items):
-            rec = plain(item, default_client, now_ms, limits)
+            rec = plain_path(item, default_client, now_ms, limits)
             if rec is not None:  # the usual record: nothing to report, not too deep
                 out.append(rec)
                 continue
+            if load is not None:
+                item = load(item)
             deepest = max(deepest, 2 + container_depth(item))
             rec, report = parser(item, default_client, now_ms, limits)
             ident = record_label(item, rec)
@@ -114,8 +131,11 @@ def parse_batch(body: object, now_ms: int, max_records: int | None = None,
                 batch.rejected.append({"type": kind, "index": index, "id": ident, "errors": report.errors})
             else:
                 out.append(rec)
-    if deepest > limits.body_depth:
-        check_depth(body, limits)  # refuses it, with the whole body's figure
+    return deepest
+
+
+def merged(batch: Batch) -> Batch:
+    """The batch with each id once: the same id twice in one request is merged."""
     batch.visits = merge_duplicates(batch.visits, merge_visit)
     batch.aggregates = merge_duplicates(batch.aggregates, merge_aggregate)
     return batch
@@ -404,23 +424,29 @@ def strip_credentials(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-# An http(s) URL with a plain host (and port below 10000) and only printable ASCII after
-# it: urlsplit would accept it as it is and so would the host check (hosts.py: labels of
-# letters, digits, '-' and '_', at most 63 each and 253 in all, none starting with `xn--`,
-# the last one starting with a letter, so not an IPv4 address), so the check below can
-# skip both. The host's verdict is remembered: a batch names the same few hosts again and
-# again, and the host pattern is the costly part.
-_URL_HEAD = re.compile(r"https?://([^:/?#]*)(?::[0-9]{1,4})?", re.I)
+# A plain URL: http(s), a host of ASCII letters, digits, '.', '-' and '_' (and a port below
+# 10000), then only printable characters, no space. urlsplit accepts it as it is, and
+# after the host nothing the general path checks can differ: no control or whitespace
+# characters (so strip() leaves it alone), no backslash or '@' in its host part. The
+# host's verdict is the general path's own, worked out once and remembered (a batch names
+# the same few hosts again and again): for a plain host (labels of letters, digits, '-'
+# and '_', none starting with `xn--`, the last one starting with a letter, so not an IPv4
+# address) the regular expression settles it; punycode and numeric hosts go through the
+# host parser once. The patterns are ASCII only (re.A): with re.I alone, [a-z] would also
+# match the Kelvin sign and the long s, and `https?` would match "httpſ".
+_URL_HEAD = re.compile(r"https?://([^:/?#]*)(?::[0-9]{1,4})?", re.I | re.A)
 _PLAIN_HOST = re.compile(r"(?=[a-z0-9_.-]{1,253}\.?\Z)"
-                         r"(?:(?!xn--)[a-z0-9_-]{1,63}\.)*(?!xn--)[a-z][a-z0-9_-]{0,62}\.?", re.I)
+                         r"(?:(?!xn--)[a-z0-9_-]{1,63}\.)*(?!xn--)[a-z][a-z0-9_-]{0,62}\.?", re.I | re.A)
+_LDH_HOST = re.compile(r"[a-z0-9_.-]{1,254}", re.I | re.A)
 _HOST_VERDICTS: dict = {}
 _URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_plain_url(value) -> bool:
-    """An ASCII http(s) URL with a plain host and nothing but printable ASCII (no space)
-    after it: valid as it is (see above)."""
-    if type(value) is not str or len(value) > MAX_URL or not value.isascii():
+    """An http(s) URL whose host is letters, digits, '.', '-' and '_', valid as a browser
+    reads it, and nothing but printable characters (no space) after it: valid as it is
+    (see above)."""
+    if type(value) is not str or len(value) > MAX_URL:
         return False
     head = _URL_HEAD.match(value)
     if head is None or (head.end() < len(value) and value[head.end()] not in "/?#"):
@@ -430,7 +456,8 @@ def is_plain_url(value) -> bool:
     host = head.group(1)
     plain = _HOST_VERDICTS.get(host)
     if plain is None:
-        plain = _PLAIN_HOST.fullmatch(host) is not None
+        plain = _PLAIN_HOST.fullmatch(host) is not None or (
+            _LDH_HOST.fullmatch(host) is not None and parsed_url_problem(f"http://{host}/") is None)
         if len(_HOST_VERDICTS) >= 4096:
             _HOST_VERDICTS.clear()
         _HOST_VERDICTS[host] = plain
@@ -788,230 +815,6 @@ def json_type(value) -> str:
     return type(value).__name__
 
 
-# ---------------------------------------------------------------- fast paths
-
-# What the extension sends nearly every time: every field present or null, of its usual
-# type and within its limits. `plain_visit` and `plain_aggregate` parse such a record in
-# one pass, calling the same cleaning helpers as the general path, and give up (None) at
-# the first value that the general path would report, reject or treat specially; the
-# general path then parses the whole record. So both give the same record (tested with
-# Hypothesis, tests/test_fast_paths.py), and the fast path never reports anything. A
-# plain record holds no array or object but its free-form fields (metadata, idle periods,
-# statistics, domain durations), each within the depth limit, so it is never too deep.
-
-_CONTAINER_TYPES = frozenset((dict, list))
-# The fields plain_visit / plain_aggregate check, each a scalar or a bounded free-form value
-PLAIN_VISIT_FIELDS = frozenset(
-    "id visitId url title domain anonymousClientId startedAt timestamp endedAt openedAt "
-    "lastHeartbeat tabId sourcePageVisitId duration durationSeconds activeDuration "
-    "engagementRate category categoryConfidence categoryMethod isActive idlePeriods "
-    "metadata".split())
-PLAIN_AGGREGATE_FIELDS = frozenset(
-    "tabId startTime lastActiveTime closedAt isOpen totalActiveDuration pageCount "
-    "domainDurations currentUrl currentDomain statistics anonymousClientId".split())
-
-
-def _only_checked_containers(item: dict, fields: frozenset, checked: int) -> bool:
-    """The record holds no array or object but the `checked` ones of its free-form fields:
-    at once when it has no other field (the usual case), else by counting its containers."""
-    return fields.issuperset(item) or \
-        sum(map(_CONTAINER_TYPES.__contains__, map(type, item.values()))) == checked
-
-def _time_or_none(value, hi: int) -> bool:
-    """A time the general path keeps as it is, or no time at all."""
-    return value is None or (type(value) is int and MIN_TIME_MS <= value <= hi)
-
-
-def _amount_or_none(value) -> bool:
-    """An amount parse_amount keeps as it is (a non-negative integer), or none."""
-    return value is None or (type(value) is int and 0 <= value <= 1e15)
-
-
-def _fraction_or_none(value) -> bool:
-    return value is None or ((type(value) is float or type(value) is int) and 0 <= value <= 1)
-
-
-def _plain_url(value):
-    """The stored form of a plain url (see is_plain_url), else None. A plain url has no
-    credentials: an `@` before the path would have made its host not plain."""
-    if is_plain_url(value):
-        return strip_tracking(value)
-    return None
-
-
-def _plain_text(value, limit: int = MAX_ID):
-    """opt_str's result for a string it would keep without a warning; False otherwise."""
-    if value is None or value == "":
-        return None
-    if type(value) is str:
-        return clean_text(value)[:limit] or None
-    return False
-
-
-_DOMAINS: dict = {}  # raw domain -> _plain_domain's answer: a batch repeats a few domains
-
-
-def _plain_domain(value):
-    """parse_domain's result when it would not warn; False otherwise."""
-    if value is None:
-        return None
-    if type(value) is not str:
-        return False
-    clean = _DOMAINS.get(value)
-    if clean is None:
-        clean = clean_domain(value)
-        clean = False if len(clean) > MAX_DOMAIN else (clean or None)
-        if len(_DOMAINS) >= 4096:
-            _DOMAINS.clear()
-        _DOMAINS[value] = clean
-    return clean
-
-
-def _plain_object(value, limits: Limits):
-    """A free-form object kept as sent; False when it needs the general path's checks."""
-    if value is None:
-        return None
-    if (type(value) is dict or type(value) is list) and plain_and_small(value, limits):
-        return value
-    return False
-
-
-def plain_visit(item, default_client: str | None, now_ms: int, limits: Limits = DEFAULT_LIMITS):
-    """An extension-dialect page visit that parse_visit would keep with nothing to report,
-    parsed in one pass; None for any other record."""
-    if type(item) is not dict:
-        return None
-    g = item.get
-    hi = now_ms + DAY_MS
-    rid, start = g("id"), g("startedAt")
-    if start is None:
-        start = g("timestamp")
-    if (type(rid) is not str or not 0 < len(rid) <= MAX_ID or rid.strip() != rid
-            or type(start) is not int or not MIN_TIME_MS <= start <= hi):
-        return None
-    ended, opened, beat = g("endedAt"), g("openedAt"), g("lastHeartbeat")
-    if not (_time_or_none(ended, hi) and _time_or_none(opened, hi) and _time_or_none(beat, hi)):
-        return None
-    if ended is not None and ended < start:
-        return None
-    url = _plain_url(g("url"))
-    duration, seconds, active = g("duration"), g("durationSeconds"), g("activeDuration")
-    if url is None or not (_amount_or_none(duration) and _amount_or_none(seconds)
-                           and _amount_or_none(active)):
-        return None
-    if duration is not None and (duration > DAY_MS or start + duration > hi):
-        return None  # a warning, or an error
-    if seconds is not None and (seconds * 1000 > DAY_MS or start + seconds * 1000 > hi):
-        return None
-    if active is not None and duration is not None and active > duration:
-        return None  # capped, with a warning
-    rate, confidence = g("engagementRate"), g("categoryConfidence")
-    category, method = g("category"), g("categoryMethod")
-    tab, is_active = g("tabId"), g("isActive")
-    if not (_fraction_or_none(rate) and _fraction_or_none(confidence)):
-        return None
-    if category == "":
-        category = None
-    elif category is not None and (type(category) is not str or category not in CATEGORIES):
-        return None
-    if method == "":
-        method = None
-    elif method is not None and (type(method) is not str or method not in CATEGORY_METHODS):
-        return None
-    if tab is not None and (type(tab) is not int or abs(tab) > 2 ** 53):
-        return None
-    if is_active is not None and type(is_active) is not bool:
-        return None
-    title = g("title")
-    if title is not None:
-        if type(title) is not str:
-            return None
-        title = clean_text(title)
-        if len(title) > MAX_TITLE:
-            return None
-    domain, client = _plain_domain(g("domain")), _plain_text(g("anonymousClientId"))
-    source = _plain_text(g("sourcePageVisitId"))
-    if domain is False or client is False or source is False:
-        return None
-    idle = g("idlePeriods")
-    if idle is not None and idle != []:
-        if type(idle) is not list or len(idle) > 500 or not all(type(p) is dict for p in idle) \
-                or not plain_and_small(idle, limits):
-            return None
-    metadata = g("metadata")
-    if metadata is not None and (type(metadata) is not dict or not plain_and_small(metadata, limits)):
-        return None
-    if type(g("visitId")) in _CONTAINER_TYPES or type(g("timestamp")) in _CONTAINER_TYPES:
-        return None  # not read when id and startedAt are there, but never an array or object
-    if not _only_checked_containers(item, PLAIN_VISIT_FIELDS,
-                                    (idle is not None) + (metadata is not None)):
-        return None  # an array or object elsewhere: the general path (and the depth check)
-    return {"dialect": "extension", "id": rid, "url": url, "title": title, "domain": domain,
-            "client_id": client or default_client, "started_at": start, "ended_at": ended,
-            "opened_at": opened, "last_heartbeat": beat, "tab_id": tab,
-            "source_visit_id": source, "duration_ms": duration, "duration_s": seconds,
-            "active_ms": active, "active_s": None, "engagement_rate": rate,
-            "category": category, "category_confidence": confidence,
-            "category_method": method, "is_active": is_active, "idle_periods": idle,
-            "metadata": metadata}
-
-
-def plain_aggregate(item, default_client: str | None, now_ms: int,
-                    limits: Limits = DEFAULT_LIMITS):
-    """An extension-dialect tab aggregate that parse_aggregate would keep with nothing to
-    report, parsed in one pass; None for any other record."""
-    if type(item) is not dict:
-        return None
-    g = item.get
-    hi = now_ms + DAY_MS
-    tab, start = g("tabId"), g("startTime")
-    if type(tab) is not int or abs(tab) > 2 ** 53 or type(start) is not int \
-            or not MIN_TIME_MS <= start <= hi:
-        return None
-    last, closed, is_open = g("lastActiveTime"), g("closedAt"), g("isOpen")
-    if not (_time_or_none(last, hi) and _time_or_none(closed, hi)):
-        return None
-    for end in (last, closed):
-        if end is not None and not 0 <= end - start <= YEAR_MS:
-            return None
-    total, pages = g("totalActiveDuration"), g("pageCount")
-    if not _amount_or_none(total) or (pages is not None and (type(pages) is not int or abs(pages) > 2 ** 53)):
-        return None
-    if is_open is not None and type(is_open) is not bool:
-        return None
-    durations = g("domainDurations")
-    if durations is not None:
-        if type(durations) is not dict:
-            return None
-        merged: dict = {}
-        for domain, ms in durations.items():
-            if type(ms) is not int or not 0 <= ms <= 1e15:
-                return None
-            key = clean_domain(domain)
-            if key:
-                merged[key] = merged.get(key, 0) + ms
-        durations = merged
-    current = g("currentUrl")
-    if current is not None:
-        current = _plain_url(current)
-        if current is None:
-            return None
-    domain, client = _plain_domain(g("currentDomain")), _plain_text(g("anonymousClientId"))
-    statistics = _plain_object(g("statistics"), limits)
-    if domain is False or client is False or statistics is False:
-        return None
-    if not _only_checked_containers(item, PLAIN_AGGREGATE_FIELDS,
-                                    (durations is not None) + (statistics is not None)):
-        return None  # an array or object elsewhere: the general path (and the depth check)
-    return {"dialect": "extension", "tab_id": tab, "id": aggregate_id(start, tab),
-            "start_ms": start, "last_active_ms": last, "closed_at": closed,
-            "is_open": False if closed is not None else is_open,
-            "total_active_ms": total, "domain_durations": durations, "page_count": pages,
-            "current_url": current, "current_domain": domain, "statistics": statistics,
-            "page_visit_id": None, "total_time_s": None, "active_time_s": None,
-            "scroll_depth": None, "client_id": client or default_client}
-
-
 # ---------------------------------------------------------------- merging
 
 VISIT_GROWING = ("duration_ms", "duration_s", "active_ms", "active_s", "last_heartbeat", "ended_at")
@@ -1060,3 +863,7 @@ def merge_aggregate(old: dict, new: dict) -> dict:
         out["is_open"] = False
     return out
 
+
+# The fast path (plain.py) builds on the helpers above, and parse_batch tries it first for
+# each record: imported last, when the helpers exist.
+from . import plain  # noqa: E402

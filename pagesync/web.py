@@ -16,8 +16,8 @@ from importlib import resources
 
 import bottle
 
-from . import dashboard, metrics, payload, processing, stats, store
-from .body import PayloadError, decode_body
+from . import dashboard, metrics, plain, processing, stats, store
+from .body import PayloadError, json_bytes
 from .config import Settings
 from .queue import Reachability, deliver, make_huey, queue_depth, queued_in_batch
 
@@ -177,10 +177,10 @@ class App:
         req = bottle.request
         try:
             limits = self.settings.payload_limits()
-            body = decode_body(raw, req.content_type, req.get_header("Content-Encoding"),
-                               self.settings.max_body_bytes, limits,
-                               self.settings.max_decompressed_bytes, depth=False)
-            batch = payload.parse_batch(body, int(time.time() * 1000), limits=limits)
+            data = json_bytes(raw, req.content_type, req.get_header("Content-Encoding"),
+                              self.settings.max_body_bytes, limits,
+                              self.settings.max_decompressed_bytes)
+            batch = plain.parse_body(data, int(time.time() * 1000), limits)
         except PayloadError as exc:
             raise ApiError(exc.status, exc.message, exc.errors)
         report = {"rejected_records_count": len(batch.rejected), "rejected": batch.rejected,

@@ -2,6 +2,7 @@
 import pytest
 
 from pagesync import hosts as H
+from pagesync import processing as R
 
 
 @pytest.mark.parametrize("raw, ascii_host", [
@@ -112,3 +113,12 @@ def test_authority_host_cuts_userinfo_and_port():
 def test_show_escapes_invisible_characters_and_cuts_long_hosts():
     assert H.show("\u202egnp.exe") == "'\\u202egnp.exe'"
     assert H.show("a" * 100) == repr("a" * 57 + "...")
+
+
+@pytest.mark.parametrize("host,key", [("\u017f.com", "s.com"), ("\u212a.com", "k.com"),
+                                      ("a\u017f.example", "as.example")])
+def test_letters_that_fold_to_ascii_are_mapped_as_browsers_map_them(host, key):
+    """The long s and the Kelvin sign match [a-z] case-insensitively in a Unicode regular
+    expression; browsers map them (UTS #46) to "s" and "k"."""
+    assert H.canonical_host(host) == key
+    assert R.host_key(f"https://{host}/x") == key

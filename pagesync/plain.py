@@ -1,0 +1,278 @@
+"""The fast path: the records the extension sends as usual, checked at C speed. Pure.
+
+Nearly every record arrives with every field of its usual type, within its limits, with
+nothing to report. msgspec decodes such a record straight into a typed struct
+(`PlainVisit`, `PlainAggregate`), checking in C each field's type and its fixed bounds
+(a time after 2000, an amount from 0 to 10^15, a rate from 0 to 1, a known category, no
+field it does not know). What depends on the clock or on several fields (times at most a
+day ahead, an end after its start, urls and hosts, text cleaning, free-form objects within
+their limits) is checked here in Python, with the same helpers as the general path.
+
+Any value the general path (payload.py) would report, reject, clean or treat specially
+gives None here, and the general path parses the record, or the whole body, instead; so
+both paths give the same records (compared on generated input, tests/test_fast_paths.py),
+and the fast path never reports anything.
+
+- `parse_body(data, now_ms)`: a body's JSON text -> its Batch. Each record is decoded
+  from its own span of the text: a plain one straight into its struct, any other into a
+  JSON value for the general path; a body that is not an object of record arrays and
+  client fields goes to the general path whole (payload.parse_batch).
+- `plain_visit(item, ...)`, `plain_aggregate(item, ...)`: one decoded record (a dict) ->
+  its canonical record, or None.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta
+
+from .body import DEFAULT_LIMITS, Limits, PayloadError, decode_json
+from .payload import (CATEGORIES, CATEGORY_METHODS, DAY_MS, MAX_DOMAIN, MAX_ID, MAX_TITLE,
+                      MIN_TIME_MS, YEAR_MS, Batch, aggregate_id, clean_domain, clean_text,
+                      is_plain_url, merged, parse_batch, parse_client, parse_records,
+                      plain_and_small, strip_tracking)
+
+# A field whose value is only read when another is absent: any JSON value but a container.
+Scalar = Union[str, int, float, bool, None]
+Time = Annotated[int, Meta(ge=MIN_TIME_MS)]  # the upper bound (now + a day) is checked below
+Amount = Annotated[int, Meta(ge=0, le=10 ** 15)]
+Fraction = Union[Annotated[int, Meta(ge=0, le=1)], Annotated[float, Meta(ge=0, le=1)]]
+Int53 = Annotated[int, Meta(ge=-2 ** 53, le=2 ** 53)]
+Category = Literal[tuple(sorted(CATEGORIES | {""}))]
+Method = Literal[tuple(sorted(CATEGORY_METHODS | {""}))]
+
+
+class PlainVisit(msgspec.Struct, rename="camel", forbid_unknown_fields=True, gc=False):
+    """An extension-dialect page visit as the extension sends it."""
+    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID)]
+    url: Annotated[str, Meta(max_length=2048)]
+    visit_id: Scalar = None
+    timestamp: Scalar = None
+    started_at: Time | None = None
+    ended_at: Time | None = None
+    opened_at: Time | None = None
+    last_heartbeat: Time | None = None
+    title: str | None = None
+    domain: str | None = None
+    anonymous_client_id: str | None = None
+    source_page_visit_id: str | None = None
+    tab_id: Int53 | None = None
+    duration: Amount | None = None
+    duration_seconds: Amount | None = None
+    active_duration: Amount | None = None
+    engagement_rate: Fraction | None = None
+    category: Category | None = None
+    category_confidence: Fraction | None = None
+    category_method: Method | None = None
+    is_active: bool | None = None
+    idle_periods: Annotated[list[dict], Meta(max_length=500)] | None = None
+    metadata: dict | None = None
+
+
+class PlainAggregate(msgspec.Struct, rename="camel", forbid_unknown_fields=True, gc=False):
+    """An extension-dialect tab aggregate as the extension sends it."""
+    tab_id: Int53
+    start_time: Time
+    last_active_time: Time | None = None
+    closed_at: Time | None = None
+    is_open: bool | None = None
+    total_active_duration: Amount | None = None
+    page_count: Int53 | None = None
+    domain_durations: dict[str, Amount] | None = None
+    current_url: str | None = None
+    current_domain: str | None = None
+    statistics: dict | list | None = None
+    anonymous_client_id: str | None = None
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A request body: its records still JSON text (each decoded on its own), its client
+    fields any value but a container (any other body is the general path's)."""
+    pageVisits: list[msgspec.Raw] | None = None
+    tabAggregates: list[msgspec.Raw] | None = None
+    anonymousClientId: Scalar = None
+    extensionVersion: Scalar = None
+    browserName: Scalar = None
+    browserVersion: Scalar = None
+
+
+# The fields each struct reads (its JSON names): a record with any other is not plain.
+PLAIN_VISIT_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(PlainVisit))
+PLAIN_AGGREGATE_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(PlainAggregate))
+_NOT_PLAIN = (msgspec.DecodeError, msgspec.ValidationError)
+_BODY = msgspec.json.Decoder(Body).decode
+_VISIT = msgspec.json.Decoder(PlainVisit).decode
+_AGGREGATE = msgspec.json.Decoder(PlainAggregate).decode
+
+
+def parse_body(data: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> Batch:
+    """A body's JSON text (body.json_bytes) -> its Batch, the same as the general path
+    gives (payload.parse_batch of the decoded body), faster. Raises PayloadError
+    (400/413) as the general path does: any body or record it refuses, any body too
+    deep, is left to it whole, so its errors read the same."""
+    try:
+        body = _BODY(data)
+    except _NOT_PLAIN:
+        body = None
+    if body is not None:
+        visits, aggs = body.pageVisits or [], body.tabAggregates or []
+        if len(visits) + len(aggs) <= limits.max_records:
+            batch = Batch(client=parse_client({k: v for k in CLIENT_FIELDS
+                                               if (v := getattr(body, k)) is not None}))
+            try:
+                deepest = parse_records(batch, visits, aggs, now_ms, limits, RAW_PATHS,
+                                        lambda raw: decode_json(bytes(raw), limits, depth=False))
+            except PayloadError:  # a record the general decoder refuses: the body decides
+                deepest = limits.body_depth + 1
+            if deepest <= limits.body_depth:
+                return merged(batch)
+    return parse_batch(decode_json(data, limits, depth=False), now_ms, limits=limits)
+
+
+CLIENT_FIELDS = ("anonymousClientId", "extensionVersion", "browserName", "browserVersion")
+
+
+def raw_visit(raw: msgspec.Raw, default_client: str | None, now_ms: int,
+              limits: Limits = DEFAULT_LIMITS):
+    """plain_visit of a record still JSON text (decoded straight into its struct)."""
+    try:
+        struct = _VISIT(raw)
+    except _NOT_PLAIN:
+        return None
+    return visit_of(struct, default_client, now_ms + DAY_MS, limits)
+
+
+def raw_aggregate(raw: msgspec.Raw, default_client: str | None, now_ms: int,
+                  limits: Limits = DEFAULT_LIMITS):
+    """plain_aggregate of a record still JSON text."""
+    try:
+        struct = _AGGREGATE(raw)
+    except _NOT_PLAIN:
+        return None
+    return aggregate_of(struct, default_client, now_ms + DAY_MS, limits)
+
+
+def plain_visit(item, default_client: str | None, now_ms: int, limits: Limits = DEFAULT_LIMITS):
+    """An extension-dialect page visit (a decoded dict) that parse_visit would keep with
+    nothing to report -> its canonical record; None for any other record."""
+    try:
+        struct = msgspec.convert(item, PlainVisit)
+    except msgspec.ValidationError:
+        return None
+    return visit_of(struct, default_client, now_ms + DAY_MS, limits)
+
+
+def plain_aggregate(item, default_client: str | None, now_ms: int,
+                    limits: Limits = DEFAULT_LIMITS):
+    """plain_visit's counterpart for an extension-dialect tab aggregate."""
+    try:
+        struct = msgspec.convert(item, PlainAggregate)
+    except msgspec.ValidationError:
+        return None
+    return aggregate_of(struct, default_client, now_ms + DAY_MS, limits)
+
+
+RAW_PATHS = (raw_visit, raw_aggregate)
+
+
+def visit_of(v: PlainVisit, default_client: str | None, hi: int, limits: Limits):
+    """The canonical record of a typed visit, or None where the general path would have
+    something to say. `hi`: the latest time allowed (now + a day)."""
+    rid, start = v.id, v.started_at
+    if start is None:
+        start = v.timestamp
+        if type(start) is not int or start < MIN_TIME_MS:
+            return None
+    if start > hi or rid.strip() != rid:
+        return None
+    ended, opened, beat = v.ended_at, v.opened_at, v.last_heartbeat
+    if (ended is not None and not start <= ended <= hi) or (opened is not None and opened > hi) \
+            or (beat is not None and beat > hi):
+        return None
+    url = v.url
+    if not is_plain_url(url):
+        return None
+    duration, seconds, active = v.duration, v.duration_seconds, v.active_duration
+    if duration is not None and (duration > DAY_MS or start + duration > hi):
+        return None  # a warning, or an error
+    if seconds is not None and (seconds * 1000 > DAY_MS or start + seconds * 1000 > hi):
+        return None
+    if active is not None and duration is not None and active > duration:
+        return None  # capped, with a warning
+    title = v.title
+    if title is not None:
+        title = clean_text(title)
+        if len(title) > MAX_TITLE:
+            return None
+    domain = _domain(v.domain)
+    if domain is False:
+        return None
+    idle, metadata = v.idle_periods, v.metadata
+    if (idle and not plain_and_small(idle, limits)) or \
+            (metadata is not None and not plain_and_small(metadata, limits)):
+        return None
+    client = v.anonymous_client_id
+    client = clean_text(client)[:MAX_ID] if client else None
+    source = v.source_page_visit_id
+    return {"dialect": "extension", "id": rid, "url": strip_tracking(url), "title": title,
+            "domain": domain, "client_id": client or default_client, "started_at": start,
+            "ended_at": ended, "opened_at": opened, "last_heartbeat": beat, "tab_id": v.tab_id,
+            "source_visit_id": (clean_text(source)[:MAX_ID] or None) if source else None,
+            "duration_ms": duration, "duration_s": seconds, "active_ms": active, "active_s": None,
+            "engagement_rate": v.engagement_rate, "category": v.category or None,
+            "category_confidence": v.category_confidence,
+            "category_method": v.category_method or None, "is_active": v.is_active,
+            "idle_periods": idle, "metadata": metadata}
+
+
+def aggregate_of(a: PlainAggregate, default_client: str | None, hi: int, limits: Limits):
+    """The canonical record of a typed tab aggregate, or None (see visit_of)."""
+    tab, start, last, closed = a.tab_id, a.start_time, a.last_active_time, a.closed_at
+    if start > hi:
+        return None
+    for end in (last, closed):
+        if end is not None and not (end <= hi and 0 <= end - start <= YEAR_MS):
+            return None
+    durations = a.domain_durations
+    if durations is not None:
+        merged: dict = {}
+        for domain, ms in durations.items():
+            key = clean_domain(domain)
+            if key:
+                merged[key] = merged.get(key, 0) + ms
+        durations = merged
+    current = a.current_url
+    if current is not None:
+        if not is_plain_url(current):
+            return None
+        current = strip_tracking(current)
+    domain, statistics = _domain(a.current_domain), a.statistics
+    if domain is False or (statistics is not None and not plain_and_small(statistics, limits)):
+        return None
+    client = a.anonymous_client_id
+    client = clean_text(client)[:MAX_ID] if client else None
+    return {"dialect": "extension", "tab_id": tab, "id": aggregate_id(start, tab),
+            "start_ms": start, "last_active_ms": last, "closed_at": closed,
+            "is_open": False if closed is not None else a.is_open,
+            "total_active_ms": a.total_active_duration, "domain_durations": durations,
+            "page_count": a.page_count, "current_url": current, "current_domain": domain,
+            "statistics": statistics, "page_visit_id": None, "total_time_s": None,
+            "active_time_s": None, "scroll_depth": None, "client_id": client or default_client}
+
+
+_DOMAINS: dict = {}  # raw domain -> _domain's answer: a batch repeats a few domains
+
+
+def _domain(value):
+    """parse_domain's result when it would not warn; False otherwise."""
+    if value is None:
+        return None
+    clean = _DOMAINS.get(value)
+    if clean is None:
+        clean = clean_domain(value)
+        clean = False if len(clean) > MAX_DOMAIN else (clean or None)
+        if len(_DOMAINS) >= 4096:
+            _DOMAINS.clear()
+        _DOMAINS[value] = clean
+    return clean

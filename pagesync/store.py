@@ -568,9 +568,10 @@ def save_batch(conn, user_id: int, batch: P.Batch, client: dict | None = None,
                writes: Writes | None = None) -> dict:
     """Write an accepted batch in one transaction: all of it or none of it. Returns the
     sync summary and its jobs ([(task, user_id, record_id, revision)]). `queued`: the
-    queue is the jobs table itself (the embedded default, queue.JobsTable), so the jobs
-    are written 'queued' and are in the queue as this commits; otherwise they are
-    'pending' until the caller has handed them to the queue. `token_id`: the token that
+    jobs are written 'queued': on the embedded default (the jobs table is the queue,
+    queue.JobsTable) they are in the queue as this commits; elsewhere the caller sends
+    their messages right after (queue.deliver), and sets them back to 'pending' if the
+    queue does not take them. Otherwise they are 'pending' until handed to the queue. `token_id`: the token that
     sent it, whose last sync time is set. `writes`: the batch's `plan` (with the same
     `queued`), made before the write lock was taken; if another writer changed one of its
     records since, the transaction is rolled back and the batch planned again."""
@@ -639,11 +640,27 @@ MARK_QUEUED = Rows(  # looked up by primary key, row by row
     "AND jobs.revision = j.revision AND jobs.state IN ('pending', 'queued')")
 
 
+MARK_PENDING = Rows(
+    "UPDATE jobs SET state = 'pending' FROM (",
+    "column1 AS task, column2 AS user_id, column3 AS record_id, column4 AS revision",
+    ") AS j WHERE jobs.task = j.task AND jobs.user_id = j.user_id AND jobs.record_id = j.record_id "
+    "AND jobs.revision = j.revision AND jobs.state = 'queued'")
+
+
 def mark_enqueued(conn, jobs: list, now: float | None = None) -> None:
     """After the queue accepted the messages: pending -> queued (same revision only)."""
-    statements = values_statements(MARK_QUEUED, (now or time.time(),), jobs)
+    _mark(conn, MARK_QUEUED, (now or time.time(),), jobs)
+
+
+def mark_pending(conn, jobs: list) -> None:
+    """Jobs committed 'queued' whose messages the queue did not take: pending, awaiting
+    delivery (the reconciler delivers them; same revision only)."""
+    _mark(conn, MARK_PENDING, (), jobs)
+
+
+def _mark(conn, statement: Rows, shared: tuple, jobs: list) -> None:
     with transaction(conn):
-        for sql, params, _ in statements:
+        for sql, params, _ in values_statements(statement, shared, jobs):
             conn.execute(sql, params)
 
 

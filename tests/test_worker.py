@@ -5,6 +5,7 @@ import copy
 import json
 import multiprocessing
 import os
+import pickle
 import signal
 import sqlite3
 import threading
@@ -291,6 +292,21 @@ def test_redis_bulk_enqueue_is_one_lpush_per_thousand(tmp_path, redis_server):
     assert [huey.deserialize_task(m).args for m in taken] == [(1, f"pv_{i}", 1) for i in range(100)]
     assert huey.pending_count() == 2400
     r.delete(huey.storage.queue_key)
+
+
+def test_messages_are_plain_tuples_read_back_as_huey_messages(tmp_path):
+    """A batch's messages are pickled as tagged plain tuples (pickled in C); the worker
+    reads them as Huey's own messages, and messages Huey pickled itself (a queue left by
+    an earlier version) still read."""
+    huey = queue.make_huey(Settings(db=str(tmp_path / "q.db")))
+    data = queue.job_messages(huey, [(store.TASK_VISIT, 7, "pv_1", 3)])[0]
+    assert type(pickle.loads(data)) is tuple
+    task = huey.deserialize_task(data)
+    assert (task.name, task.args) == (huey.pagesync_tasks[store.TASK_VISIT].name, (7, "pv_1", 3))
+    own = pickle.dumps(huey._registry.create_message(huey.pagesync_tasks[store.TASK_AGGREGATE].s(
+        1, "tab_1_2", 1)), pickle.HIGHEST_PROTOCOL)
+    assert huey.deserialize_task(own).args == (1, "tab_1_2", 1)
+    assert huey.serializer.deserialize(huey.serializer.serialize({"k": (1, 2)})) == {"k": (1, 2)}
 
 
 # ---------------------------------------------------------------- batches keep rollups exact

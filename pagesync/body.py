@@ -119,6 +119,13 @@ def fast_loads(raw: bytes):
         return _SLOW
 
 
+def stored_loads(raw: bytes):
+    """A stored record's JSON (always valid) -> its value: orjson unless an integer of 19+
+    digits is in it (past 64 bits orjson would make it a float), then the standard library."""
+    value = fast_loads(raw)
+    return json.loads(raw) if value is _SLOW else value
+
+
 def careful_loads(raw: bytes, limits: Limits) -> object:
     """The standard library's parse, after the exact structure check: the path of every
     body orjson refused, so errors and edge cases read the same whatever the parser."""

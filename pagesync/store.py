@@ -24,6 +24,7 @@ import orjson
 import sqlite_utils
 
 from . import payload as P
+from .body import stored_loads
 
 log = logging.getLogger("pagesync.store")
 
@@ -442,7 +443,7 @@ def _changed(records, existing: dict, merge) -> list:
         if old is None:
             out.append((rec, canonical_bytes(rec), 1))
             continue
-        merged = merge(json.loads(old[0]), rec)
+        merged = merge(stored_loads(old[0]), rec)
         data = canonical_bytes(merged)
         if data != old[0]:
             out.append((merged, data, old[1] + 1))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pagesync import payload, store
+from pagesync import body, payload, store
 
 NOW_MS = int(time.time() * 1000)
 
@@ -111,3 +111,17 @@ def test_the_log_is_checkpointed_by_its_own_thread(db):
     assert os.path.getsize(path) > before * 2  # copied into the database file
     assert conn.execute("SELECT COUNT(*) FROM page_visits").fetchone()[0] == 3000
 
+
+
+def test_a_stored_record_reads_back_exactly_even_past_64_bits(db):
+    """Re-sends are merged with the stored JSON read back: a 30-digit integer in metadata
+    reads as itself (not a float), so the same send again is no change."""
+    _, conn = db
+    token_user = store.user_for_token(conn, store.create_token(conn, "big"))["id"]
+    visit = {"id": "pv_1", "url": "https://a.com/", "startedAt": 1764547200000,
+             "metadata": {"n": 123456789012345678901234567890, "f": 0.1}}
+    batch = payload.parse_batch({"pageVisits": [visit]}, 1764600000000)
+    first = store.save_batch(conn, token_user, batch)
+    again = store.save_batch(conn, token_user, payload.parse_batch({"pageVisits": [visit]}, 1764600000000))
+    assert len(first["jobs"]) == 1 and again["jobs"] == []
+    assert body.stored_loads(store.canonical_bytes({"n": 10 ** 30})) == {"n": 10 ** 30}

@@ -212,8 +212,7 @@ def visit_of(v: PlainVisit, default_client: str | None, hi: int, limits: Limits)
     if (idle and not plain_and_small(idle, limits)) or \
             (metadata is not None and not plain_and_small(metadata, limits)):
         return None
-    client = v.anonymous_client_id
-    client = clean_text(client)[:MAX_ID] if client else None
+    client = _text(v.anonymous_client_id)
     source = v.source_page_visit_id
     return {"dialect": "extension", "id": rid, "url": strip_tracking(url), "title": title,
             "domain": domain, "client_id": client or default_client, "started_at": start,
@@ -238,7 +237,9 @@ def aggregate_of(a: PlainAggregate, default_client: str | None, hi: int, limits:
     if durations is not None:
         merged: dict = {}
         for domain, ms in durations.items():
-            key = clean_domain(domain)
+            key = _CLEAN_DOMAINS.get(domain)
+            if key is None:
+                key = _remember(_CLEAN_DOMAINS, domain, clean_domain(domain))
             if key:
                 merged[key] = merged.get(key, 0) + ms
         durations = merged
@@ -250,8 +251,7 @@ def aggregate_of(a: PlainAggregate, default_client: str | None, hi: int, limits:
     domain, statistics = _domain(a.current_domain), a.statistics
     if domain is False or (statistics is not None and not plain_and_small(statistics, limits)):
         return None
-    client = a.anonymous_client_id
-    client = clean_text(client)[:MAX_ID] if client else None
+    client = _text(a.anonymous_client_id)
     return {"dialect": "extension", "tab_id": tab, "id": aggregate_id(start, tab),
             "start_ms": start, "last_active_ms": last, "closed_at": closed,
             "is_open": False if closed is not None else a.is_open,
@@ -261,7 +261,17 @@ def aggregate_of(a: PlainAggregate, default_client: str | None, hi: int, limits:
             "active_time_s": None, "scroll_depth": None, "client_id": client or default_client}
 
 
-_DOMAINS: dict = {}  # raw domain -> _domain's answer: a batch repeats a few domains
+# A batch repeats a few domains and one client id: each cleaned once, remembered.
+_DOMAINS: dict = {}  # raw domain -> _domain's answer
+_CLEAN_DOMAINS: dict = {}  # raw domain -> clean_domain's answer
+_TEXTS: dict = {}  # raw client id -> _text's answer
+
+
+def _remember(cache: dict, key, value):
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _domain(value):
@@ -271,8 +281,15 @@ def _domain(value):
     clean = _DOMAINS.get(value)
     if clean is None:
         clean = clean_domain(value)
-        clean = False if len(clean) > MAX_DOMAIN else (clean or None)
-        if len(_DOMAINS) >= 4096:
-            _DOMAINS.clear()
-        _DOMAINS[value] = clean
+        clean = _remember(_DOMAINS, value, False if len(clean) > MAX_DOMAIN else (clean or None))
     return clean
+
+
+def _text(value):
+    """opt_str's result for a string (a client id): cleaned, cut, None when empty."""
+    if not value:
+        return None
+    clean = _TEXTS.get(value)
+    if clean is None:
+        clean = _remember(_TEXTS, value, clean_text(value)[:MAX_ID] or "")
+    return clean or None

@@ -328,7 +328,8 @@ def scheduled_depth(huey) -> int:
         return -1
 
 
-def deliver(conn, huey, jobs: list, mode: str = "bulk", write=None, committed_queued: bool = False) -> bool:
+def deliver(conn, huey, jobs: list, mode: str = "bulk", write=None,
+            committed_queued: bool = False) -> bool:
     """Hand committed jobs to the queue and record that (through `write(fn, *args)` when
     given: the server's write lock). Jobs committed 'pending' are marked queued once the
     queue took them. `committed_queued`: the server's batches commit their jobs 'queued'

@@ -22,6 +22,7 @@ and the fast path never reports anything.
 """
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal, Union
 
 import msgspec
@@ -102,8 +103,6 @@ PLAIN_VISIT_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(Pla
 PLAIN_AGGREGATE_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(PlainAggregate))
 _NOT_PLAIN = (msgspec.DecodeError, msgspec.ValidationError)
 _BODY = msgspec.json.Decoder(Body).decode
-_VISIT = msgspec.json.Decoder(PlainVisit).decode
-_AGGREGATE = msgspec.json.Decoder(PlainAggregate).decode
 
 
 def parse_body(data: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> Batch:
@@ -131,49 +130,6 @@ def parse_body(data: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> Bat
 
 
 CLIENT_FIELDS = ("anonymousClientId", "extensionVersion", "browserName", "browserVersion")
-
-
-def raw_visit(raw: msgspec.Raw, default_client: str | None, now_ms: int,
-              limits: Limits = DEFAULT_LIMITS):
-    """plain_visit of a record still JSON text (decoded straight into its struct)."""
-    try:
-        struct = _VISIT(raw)
-    except _NOT_PLAIN:
-        return None
-    return visit_of(struct, default_client, now_ms + DAY_MS, limits)
-
-
-def raw_aggregate(raw: msgspec.Raw, default_client: str | None, now_ms: int,
-                  limits: Limits = DEFAULT_LIMITS):
-    """plain_aggregate of a record still JSON text."""
-    try:
-        struct = _AGGREGATE(raw)
-    except _NOT_PLAIN:
-        return None
-    return aggregate_of(struct, default_client, now_ms + DAY_MS, limits)
-
-
-def plain_visit(item, default_client: str | None, now_ms: int, limits: Limits = DEFAULT_LIMITS):
-    """An extension-dialect page visit (a decoded dict) that parse_visit would keep with
-    nothing to report -> its canonical record; None for any other record."""
-    try:
-        struct = msgspec.convert(item, PlainVisit)
-    except msgspec.ValidationError:
-        return None
-    return visit_of(struct, default_client, now_ms + DAY_MS, limits)
-
-
-def plain_aggregate(item, default_client: str | None, now_ms: int,
-                    limits: Limits = DEFAULT_LIMITS):
-    """plain_visit's counterpart for an extension-dialect tab aggregate."""
-    try:
-        struct = msgspec.convert(item, PlainAggregate)
-    except msgspec.ValidationError:
-        return None
-    return aggregate_of(struct, default_client, now_ms + DAY_MS, limits)
-
-
-RAW_PATHS = (raw_visit, raw_aggregate)
 
 
 def visit_of(v: PlainVisit, default_client: str | None, hi: int, limits: Limits):
@@ -259,6 +215,26 @@ def aggregate_of(a: PlainAggregate, default_client: str | None, hi: int, limits:
             "page_count": a.page_count, "current_url": current, "current_domain": domain,
             "statistics": statistics, "page_visit_id": None, "total_time_s": None,
             "active_time_s": None, "scroll_depth": None, "client_id": client or default_client}
+
+
+def fast_path(decode, of):
+    """One kind's plain path: `decode` (a record as given -> its struct, or a msgspec
+    error), then `of` (the struct -> its canonical record, or None)."""
+    def plain(item, default_client: str | None, now_ms: int, limits: Limits = DEFAULT_LIMITS):
+        try:
+            struct = decode(item)
+        except _NOT_PLAIN:
+            return None
+        return of(struct, default_client, now_ms + DAY_MS, limits)
+    return plain
+
+
+# Each kind's plain path for a decoded record (a dict: parse_batch's records) and for one
+# still JSON text (a span of the body: parse_body's records).
+plain_visit = fast_path(functools.partial(msgspec.convert, type=PlainVisit), visit_of)
+plain_aggregate = fast_path(functools.partial(msgspec.convert, type=PlainAggregate), aggregate_of)
+RAW_PATHS = (fast_path(msgspec.json.Decoder(PlainVisit).decode, visit_of),
+             fast_path(msgspec.json.Decoder(PlainAggregate).decode, aggregate_of))
 
 
 # A batch repeats a few domains and one client id: each cleaned once, remembered.

@@ -426,7 +426,7 @@ def test_the_extensions_bodies_take_the_plain_path_record_by_record():
             assert body_outcome(raw) == general_batch(raw)
             spans = [json.dumps(r).encode() for k in ("pageVisits", "tabAggregates")
                      for r in body.get(k) or []]
-            plain = [F.raw_visit(r, None, NOW) or F.raw_aggregate(r, None, NOW) for r in spans]
+            plain = [F.RAW_PATHS[0](r, None, NOW) or F.RAW_PATHS[1](r, None, NOW) for r in spans]
             general = P.parse_batch(body, NOW)
             assert sum(p is not None for p in plain) == len(spans) - len(general.rejected) \
                 - len({w["index"] for w in general.warnings})

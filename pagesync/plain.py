@@ -101,7 +101,10 @@ class Body(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 # The fields each struct reads (its JSON names): a record with any other is not plain.
 PLAIN_VISIT_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(PlainVisit))
 PLAIN_AGGREGATE_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(PlainAggregate))
-_NOT_PLAIN = (msgspec.DecodeError, msgspec.ValidationError)
+# What msgspec raises for a body or record that is not plain: not valid JSON, not of the
+# struct's types, or nested past the interpreter's recursion limit (the general path
+# then refuses it with the nesting limit's message)
+_NOT_PLAIN = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 _BODY = msgspec.json.Decoder(Body).decode
 
 

@@ -452,3 +452,21 @@ def test_the_extensions_bodies_take_the_plain_path_record_by_record():
 ])
 def test_json_edge_cases_read_alike_on_both_paths(raw):
     assert body_outcome(raw) == general_batch(raw)
+
+
+@pytest.mark.parametrize("depth", [129, 990, 1000, 5000, 100_000])
+@pytest.mark.parametrize("where", ["metadata", "record", "junk", "statistics"])
+def test_a_body_nested_past_any_limit_is_refused_as_the_general_path_refuses_it(depth, where):
+    """msgspec gives up past the interpreter's recursion limit (~1000 levels) with a
+    RecursionError, not a decode error: that too is the general path's body (a 400 with
+    the nesting limit's message), never a 503 the extension would retry for ever."""
+    deep = b'{"a":' * depth + b"1" + b"}" * depth
+    visit = b'{"id": "ok", "url": "https://a.com/", "startedAt": 1764547200000'
+    raw = {"metadata": b'{"pageVisits": [' + visit + b'}, ' + visit + b', "metadata": ' + deep + b"}]}",
+           "record": b'{"pageVisits": [' + visit + b'}, ' + b"[" * depth + b"]" * depth + b"]}",
+           "junk": b'{"pageVisits": [' + visit + b'}], "junk": ' + deep + b"}",
+           "statistics": b'{"tabAggregates": [{"tabId": 1, "startTime": 1764547200000, '
+                         b'"statistics": ' + deep + b"}]}"}[where]
+    outcome = body_outcome(raw)
+    assert outcome == general_batch(raw)
+    assert outcome[:2] == ("error", 400) and "nested" in outcome[2]

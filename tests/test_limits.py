@@ -162,7 +162,11 @@ def test_deep_nesting_is_400_quickly_in_bounded_memory(limited):
     rss_before = server.memory_info().rss
     before = stored(st)
     for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"pageVisits": [{"metadata": ' + b'{"a": ' * 140
-                + b"1" + b"}" * 140 + b"}]}", b'{"a": ' * 150_000):
+                + b"1" + b"}" * 140 + b"}]}", b'{"a": ' * 150_000,
+                # past the interpreter's recursion limit inside a record of a valid body
+                b'{"pageVisits": [{"id": "x", "url": "https://a.com/", "metadata": '
+                + b'{"a": ' * 2000 + b"1" + b"}" * 2000 + b"}]}",
+                b'{"pageVisits": [' + b"[" * 5000 + b"]" * 5000 + b"]}"):
         started = time.monotonic()
         resp = st.sync(token, None, raw=raw)
         assert_refused(st, before, resp, 400, "over the limit of 128")

@@ -171,12 +171,19 @@ def queued_in_batch(huey) -> bool:
     return isinstance(huey.storage, JobsTable)
 
 
+REDIS_TIMEOUT = 2.0  # seconds; more than a worker's blocking pop waits (read_timeout 1 s)
+
+
 def redis_pool(url: str):
     """Fail fast while Redis is away: redis-py retries each call 10 times by default
     (about 5 s), which would hold every sync request. Two quick retries still cover a
-    stale pooled connection after a Redis restart; the reconciler delivers the rest."""
-    return ConnectionPool.from_url(url, retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 2),
-                                   socket_connect_timeout=2)
+    stale pooled connection after a Redis restart (a connection error, at once); a Redis
+    that does not answer (hung, or its host gone) costs one REDIS_TIMEOUT, not three.
+    The reconciler delivers the rest."""
+    retry = Retry(ExponentialBackoff(cap=0.1, base=0.02), 2,
+                  supported_errors=(redis.ConnectionError,))
+    return ConnectionPool.from_url(url, retry=retry, socket_connect_timeout=REDIS_TIMEOUT,
+                                   socket_timeout=REDIS_TIMEOUT)
 
 
 def job_messages(huey, jobs: list) -> list[bytes]:
@@ -282,11 +289,17 @@ class Reachability:
         self.reminder, self.clock = reminder, clock
         self.starts, self.lasts, self.ends = OUTAGE_WORDS[what]
         self.since = self.said = None
+        self.failed = float("-inf")  # when it last failed
         self.lock = threading.Lock()
+
+    def failed_within(self, seconds: float) -> bool:
+        """Down, and seen failing less than `seconds` ago."""
+        return self.since is not None and self.clock() - self.failed < seconds
 
     def down(self, exc: BaseException, consequence: str = "") -> None:
         now = self.clock()
         with self.lock:
+            self.failed = now
             first = self.since is None
             if not first and now - self.said < self.reminder:
                 return
@@ -309,6 +322,7 @@ class Reachability:
 
 
 REACHABILITY = Reachability("queue")
+RETRY_QUEUE_AFTER = 5.0  # seconds a server leaves an unreachable queue alone between tries
 
 
 def queue_depth(huey, reach: Reachability = REACHABILITY) -> int:
@@ -335,6 +349,10 @@ def deliver(conn, huey, jobs: list, mode: str = "bulk", write=None,
     queue took them. `committed_queued`: the server's batches commit their jobs 'queued'
     already (no second write a batch); if the queue does not take them they go back to
     'pending', awaiting delivery. Either way, on failure the reconciler delivers them later."""
+    if REACHABILITY.failed_within(RETRY_QUEUE_AFTER):
+        # it failed moments ago: this sync does not wait for it again (one sync in
+        # RETRY_QUEUE_AFTER s tries, the others answer at once)
+        return _undelivered(conn, jobs, write, committed_queued)
     try:
         (enqueue_one_by_one if mode == "naive" else enqueue_jobs)(huey, jobs)
     except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as exc:

@@ -380,6 +380,39 @@ def test_shutdown_timeout_cuts_long_jobs_which_run_again_later(stack_factory, ki
 
 # ---------------------------------------------------------------- Redis away for a while
 
+def test_a_hung_redis_costs_syncs_seconds_not_minutes(stack_factory, tmp_path):
+    """A Redis that accepts connections but does not answer (stopped, or its host gone):
+    the first sync waits one socket timeout for it, the next ones (within 5 s) do not wait
+    at all; every sync is stored (200, its jobs pending) and processed once it is back."""
+    server = DedicatedRedis(tmp_path)
+    server.start()
+    try:
+        st = stack_factory(server.url, **FAST)
+        st.start_server()
+        token = st.token()
+        visits, aggs = both_payloads()
+        sync_ok(st, token, visits)
+        server.proc.send_signal(signal.SIGSTOP)
+        times = []
+        for i in range(4):
+            t0 = time.monotonic()
+            batch = {"pageVisits": [{**v, "id": f"{v['id']}_hung{i}"} for v in visits["pageVisits"]]}
+            sync_ok(st, token, batch)
+            times.append(time.monotonic() - t0)
+        assert times[0] < queue.REDIS_TIMEOUT + 1.5, times
+        assert max(times[1:]) < 1.0, times
+        n = len(visits["pageVisits"])
+        assert states(st) == {"queued": n, "pending": 4 * n}
+        server.proc.send_signal(signal.SIGCONT)
+        st.start_worker()
+        st.wait_drained(40)
+        all_processed(st)
+    finally:
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+
+
 def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory, tmp_path):
     server = DedicatedRedis(tmp_path)
     server.start()

@@ -402,26 +402,33 @@ def parse_id(item: dict, keys: tuple, r: RecordErrors):
     return None
 
 
+# What a browser strips from both ends of a url (the URL Standard's C0 control or space);
+# other whitespace (U+3000, U+00A0) is part of the url.
+C0_OR_SPACE = "".join(map(chr, range(0x21)))
+
+
 def parse_url(value, fld: str, r: RecordErrors, required: bool, lenient: bool = False):
     problem = url_problem(value)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and not value.strip(C0_OR_SPACE)):
         if required:
             r.error(fld, "is missing")
         return None
     if problem:
         (r.warn if lenient else r.error)(fld, problem + ("; ignored" if lenient else ""))
         return None
-    return strip_tracking(strip_credentials(value.strip()))
+    return strip_tracking(strip_credentials(value.strip(C0_OR_SPACE)))
 
 
 def strip_credentials(url: str) -> str:
-    """A URL without its `user:password@` part: a password never reaches storage."""
+    """A URL without its `user:password@` part: a password never reaches storage. The
+    rest stays byte for byte as sent (the scheme's case, an empty query or fragment)."""
     if "@" not in url:
         return url
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    netloc = urlsplit(url).netloc
+    if "@" not in netloc:
         return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    start = url.index("//") + 2  # the netloc follows the scheme's "//", as it was sent
+    return url[:start] + netloc.rpartition("@")[2] + url[start + len(netloc):]
 
 
 # A plain URL: http(s), a host of ASCII letters, digits, '.', '-' and '_' (and a port below
@@ -440,6 +447,7 @@ _PLAIN_HOST = re.compile(r"(?=[a-z0-9_.-]{1,253}\.?\Z)"
 _LDH_HOST = re.compile(r"[a-z0-9_.-]{1,254}", re.I | re.A)
 _HOST_VERDICTS: dict = {}
 _URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_URL_C1_CONTROL = re.compile(r"[\x80-\x9f]")  # nor has a browser's href (it percent-encodes them)
 
 
 def is_plain_url(value) -> bool:
@@ -474,7 +482,7 @@ def parsed_url_problem(value) -> str | None:
     """What is wrong with a URL, found by parsing it (the general path)."""
     if not isinstance(value, str):
         return f"must be a string, got {json_type(value)}"
-    value = value.strip()
+    value = value.strip(C0_OR_SPACE)
     if len(value) > MAX_URL:
         return f"is longer than {MAX_URL} characters ({len(value)})"
     if _URL_CONTROL.search(value):
@@ -494,6 +502,8 @@ def parsed_url_problem(value) -> str | None:
     problem = host_problem(host)
     if problem:
         return f"has an invalid host {show_host(host)}: {problem}"
+    if _URL_C1_CONTROL.search(value):
+        return "contains control characters"
     return None
 
 

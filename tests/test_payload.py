@@ -151,6 +151,8 @@ def test_tracking_parameters_are_stripped_and_the_rest_kept_byte_for_byte():
     "https://example.org/list?ids[]=1&ids[]=2",
     "https://例え.jp/パス?検索=東京",
     "https://example.org/ü?q=ñ",
+    "https://example.org/trail\u3000",  # only C0 controls and spaces are trimmed, as browsers do
+    "https://example.org/nbsp\u00a0",
 ])
 def test_urls_browsers_really_produce_are_accepted(url):
     batch = parse_visits(visit(url=url))
@@ -163,6 +165,7 @@ def test_urls_browsers_really_produce_are_accepted(url):
     ("https://../page", "has no valid host"),
     ("https://a.com/\x01x", "contains control characters"),
     ("https://a.com/x\x7f", "contains control characters"),
+    ("https://a.com/x\x85y", "contains control characters"),  # C1: an href has none
     ("https://a.com\\@b.com/", "has a backslash in its host part"),
 ])
 def test_urls_without_a_real_host_or_with_control_characters_are_rejected(url, problem):
@@ -228,9 +231,19 @@ def test_an_aggregate_current_url_with_a_bad_host_is_ignored_with_a_warning():
                                                 "(two dots in a row, or a leading dot); ignored"}
 
 
+def test_a_url_is_trimmed_of_spaces_and_c0_controls_only():
+    assert parse_visits(visit(url=" \t https://example.org/a\u3000 \n")).visits[0]["url"] == \
+        "https://example.org/a\u3000"
+
+
 def test_credentials_in_a_url_are_not_stored():
     batch = parse_visits(visit(url="https://user:secret@example.org:8443/a?b=1#c"))
     assert batch.visits[0]["url"] == "https://example.org:8443/a?b=1#c"
+    # the rest of the url byte for byte: the scheme's case, an empty query or fragment
+    for sent, kept in (("HTTPS://u:p@a.com/Path?q#", "HTTPS://a.com/Path?q#"),
+                       ("https://u:p@a.com/x?#", "https://a.com/x?#"),
+                       ("http://a@b@c.com:81/@?x=@", "http://c.com:81/@?x=@")):
+        assert parse_visits(visit(url=sent)).visits[0]["url"] == kept
     assert parse_visits(visit(url="https://example.org/@me")).visits[0]["url"] == "https://example.org/@me"
 
 

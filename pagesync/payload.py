@@ -561,7 +561,7 @@ def parse_title(value, r: RecordErrors):
     if len(value) > MAX_TITLE:
         r.warn("title", f"is longer than {MAX_TITLE} characters ({len(value)}); truncated")
         value = value[:MAX_TITLE]
-    return value
+    return value or None  # a blank title is no title: a re-send with one keeps the stored one
 
 
 def clean_domain(value: str) -> str:

@@ -164,6 +164,7 @@ def visit_of(v: PlainVisit, default_client: str | None, hi: int, limits: Limits)
         title = clean_text(title)
         if len(title) > MAX_TITLE:
             return None
+        title = title or None
     domain = _domain(v.domain)
     if domain is False:
         return None

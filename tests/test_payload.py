@@ -484,3 +484,11 @@ def test_one_id_in_both_dialects_is_not_a_mix_of_the_two():
     assert (rec["url"], rec["duration_ms"], rec["duration_s"], rec["dialect"]) == \
         ("https://b.com/", 99_000, None, "extension")
     assert P.merge_visit(rec, P.parse_visit(api, None, NOW)[0])["url"] == "https://a.com/"
+
+
+def test_a_blank_title_is_no_title_and_a_resend_with_one_keeps_the_stored_title():
+    for title in ("", "   ", "\u200b\t"):
+        assert parse_visits(visit(title=title)).visits[0]["title"] is None
+    first = parse_visits(visit(title="First")).visits[0]
+    again = parse_visits(visit(title="", duration=90_000)).visits[0]
+    assert P.merge_visit(first, again)["title"] == "First"

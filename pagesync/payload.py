@@ -306,8 +306,12 @@ def parse_extension_aggregate(item: dict, r: RecordErrors, now_ms: int,
     if tab is None or (isinstance(tab, str) and not tab.strip()):
         r.error("tabId", "is missing: an aggregate's id is derived from startTime and tabId")
         tab = None
+    elif isinstance(tab, float) and is_finite(tab) and tab.is_integer() and abs(tab) <= 2**53:
+        tab = int(tab)  # 77.0 is tab 77, as a visit's tabId reads it
     elif isinstance(tab, bool) or not isinstance(tab, (int, str)) or (isinstance(tab, int) and abs(tab) > 2**53):
-        r.error("tabId", f"must be an integer (at most 2^53 in size) or a string, got {json_type(tab)}")
+        number = isinstance(tab, (int, float)) and not isinstance(tab, bool)
+        got = show_number(tab) if number else json_type(tab)
+        r.error("tabId", f"must be an integer (at most 2^53 in size) or a string, got {got}")
         tab = None
     start = parse_time(item.get("startTime"), "startTime", r, now_ms, required=True)
     rec["tab_id"] = tab if isinstance(tab, int) else (str(tab)[:64] if tab is not None else None)
@@ -807,6 +811,12 @@ def sanitise_metadata(value, cut: int = MAX_META_STRING):
     if isinstance(value, str):
         return value[:cut]
     return value
+
+
+def show_number(value) -> str:
+    """A number as a message names it: its value, short."""
+    text = repr(value)
+    return text if len(text) <= 24 else text[:21] + "..."
 
 
 def json_type(value) -> str:

@@ -492,3 +492,12 @@ def test_a_blank_title_is_no_title_and_a_resend_with_one_keeps_the_stored_title(
     first = parse_visits(visit(title="First")).visits[0]
     again = parse_visits(visit(title="", duration=90_000)).visits[0]
     assert P.merge_visit(first, again)["title"] == "First"
+
+
+def test_a_tab_id_sent_as_a_whole_float_is_that_tab_on_visits_and_aggregates():
+    batch = P.parse_batch({"tabAggregates": [aggregate(tabId=77.0)]}, NOW)
+    assert batch.rejected == [] and batch.aggregates[0]["id"] == f"tab_{T0}_77"
+    assert parse_visits(visit(tabId=77.0)).visits[0]["tab_id"] == 77
+    batch = P.parse_batch({"tabAggregates": [aggregate(tabId=77.5)]}, NOW)
+    assert errors_of(batch) == {"tabId": "must be an integer (at most 2^53 in size) or a string, "
+                                         "got 77.5"}

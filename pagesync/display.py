@@ -31,6 +31,11 @@ def shown(value, style: str = "") -> Text:
     return Text(printable(value), style=style)
 
 
+def scheduled_text(scheduled: int) -> tuple:
+    """Retries waiting in the queue's schedule; -1: the queue did not answer."""
+    return (str(scheduled), "magenta") if scheduled >= 0 else ("unknown", "bold red")
+
+
 def snapshot_view(snap: dict) -> Group:
     """The live `watch` screen: queue, jobs per task, throughput, workers, failures."""
     depth = snap["queue_depth"]
@@ -39,7 +44,7 @@ def snapshot_view(snap: dict) -> Group:
                                    "bold cyan" if depth >= 0 else "bold red"),
         *((("   awaiting delivery ", "bold"), (f"{snap['pending']:,}", "bold yellow"))
           if snap.get("pending") else ()),
-        ("   scheduled retries ", "bold"), (str(max(snap.get("scheduled", 0), 0)), "magenta"),
+        ("   scheduled retries ", "bold"), scheduled_text(snap.get("scheduled", 0)),
         ("   throughput ", "bold"), (f"{snap['throughput']['done_per_second']:.1f} jobs/s", "green"),
         ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"),
         ("   last 60 s ", "bold"), (sparkline(snap["throughput"].get("series", [])), "green"))

@@ -19,6 +19,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+def unknown_as_nan(count: int) -> float:
+    """A queue figure the snapshot could not read (-1: the queue did not answer) as NaN."""
+    return count if count >= 0 else math.nan
+
+
 def families(snap: dict) -> list:
     """Prometheus metric families for one snapshot (pure)."""
     jobs = GaugeMetricFamily("pagesync_jobs", "Jobs by task and state (the jobs table in SQLite)",
@@ -37,12 +42,12 @@ def families(snap: dict) -> list:
         GaugeMetricFamily("pagesync_queue_up", "1 when the queue answers, 0 when unreachable",
                           value=1 if depth >= 0 else 0),
         GaugeMetricFamily("pagesync_queue_depth", "Messages waiting in the queue (NaN: unreachable)",
-                          value=depth if depth >= 0 else math.nan),
+                          value=unknown_as_nan(depth)),
         GaugeMetricFamily("pagesync_jobs_pending", "Jobs stored but not yet handed to the "
                           "queue (delivered by the reconciler; counted as queued in pagesync_jobs)",
                           value=snap.get("pending", 0)),
-        GaugeMetricFamily("pagesync_queue_scheduled", "Retries scheduled for later in the queue",
-                          value=max(snap.get("scheduled", 0), 0)),
+        GaugeMetricFamily("pagesync_queue_scheduled", "Retries scheduled for later in the queue "
+                          "(NaN: unreachable)", value=unknown_as_nan(snap.get("scheduled", 0))),
         CounterMetricFamily("pagesync_jobs_processed", "Job attempts that succeeded",
                             value=summary["processed"]),
         CounterMetricFamily("pagesync_jobs_failed", "Job attempts that failed (retried or dead)",

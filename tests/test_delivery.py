@@ -437,9 +437,11 @@ def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory
         assert (f"The queue is unreachable. Syncs are still stored; {len(aggs['tabAggregates'])} "
                 "jobs wait in SQLite") in screen
         assert f"awaiting delivery {len(aggs['tabAggregates'])}" in screen
-        pending = [line for line in requests.get(st.url + "/metrics", timeout=10).text.splitlines()
-                   if line.startswith("pagesync_jobs_pending ")]
+        assert "scheduled retries unknown" in screen  # not 0: the queue did not say
+        metrics = requests.get(st.url + "/metrics", timeout=10).text.splitlines()
+        pending = [line for line in metrics if line.startswith("pagesync_jobs_pending ")]
         assert pending == [f"pagesync_jobs_pending {float(len(aggs['tabAggregates']))}"]
+        assert "pagesync_queue_scheduled NaN" in metrics
         worker = st.start_worker()
         time.sleep(1.5)
         cpu = psutil.Process(worker.pid)

@@ -57,7 +57,7 @@ class RateLimiter:
             return (1 - tokens) / self.rate
 
 
-DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.A)  # ASCII digits: "２０２６" is no year here
 OPENAPI = json.loads(resources.files("pagesync").joinpath("openapi.json").read_text("utf-8"))
 HTML_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' "
@@ -214,7 +214,11 @@ class App:
     def stats_daily(self):
         user = self.authenticate()
         tz = self.settings.timezone
-        day = bottle.request.query.get("date") or processing.day_of(int(time.time() * 1000), tz)
+        query = bottle.request.query
+        day = query.getunicode("date")  # bottle's query values are latin-1 decoded
+        if query.get("date") and day is None:
+            raise ApiError(400, "date must be a day as YYYY-MM-DD, got text that is not UTF-8")
+        day = day or processing.day_of(int(time.time() * 1000), tz)
         try:
             if not DATE.fullmatch(day):
                 raise ValueError(day)

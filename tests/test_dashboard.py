@@ -147,6 +147,21 @@ def test_login_required_and_security_headers(stack_factory):
     assert snap["summary"] == {"processed": 0, "failed": 0, "enqueued": 0, "retrying": 0, "dead": 0}
 
 
+def test_a_dashboard_opened_with_credentials_in_its_url_updates(stack_factory, browser):
+    """http://user:pass@host/jobs: fetch refuses urls that carry credentials, so the page
+    asks its own origin (the browser still sends the login)."""
+    from playwright.sync_api import expect
+
+    st = auth_stack(stack_factory)
+    assert st.sync(st.token(), batch()).status_code == 200
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(st.url.replace("http://", f"http://{USER}:{PASSWORD.replace(' ', '%20')}@") + "/jobs")
+    expect(page.locator("#t-enqueued")).to_have_text("3", timeout=10_000)
+    assert "not updating" not in page.content() and errors == []
+
+
 def test_without_configured_credentials_403_says_how(stack_factory):
     st = stack_factory()
     st.start_server()

@@ -103,6 +103,13 @@ def test_stats_api_rejects_bad_date_and_bad_token(stack):
     resp = requests.get(f"{stack.url}/api/v1/stats/daily", params={"date": "2025-13-45"},
                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert resp.status_code == 400 and "YYYY-MM-DD" in resp.json()["message"]
+    # the date as sent in the message, not its UTF-8 bytes read as latin-1
+    resp = requests.get(f"{stack.url}/api/v1/stats/daily", params={"date": "２０２６-12-04"},
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert resp.status_code == 400 and "'２０２６-12-04'" in resp.json()["message"]
+    resp = requests.get(f"{stack.url}/api/v1/stats/daily?date=%ff",
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert resp.status_code == 400 and "not UTF-8" in resp.json()["message"], resp.text
     resp = requests.get(f"{stack.url}/api/v1/stats/daily", timeout=10)
     assert resp.status_code == 401
 

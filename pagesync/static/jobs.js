@@ -96,8 +96,14 @@ function renderChart(series) {
     shape("polyline", {points: line, class: "line"}));
 }
 
+// Requests go to the page's origin without the user:password@ a page opened with such a
+// url carries (fetch refuses a url with credentials; the browser sends them anyway).
+function api(path) {
+  return new URL(path, window.location.origin);
+}
+
 async function post(path, params) {
-  const resp = await fetch(path, {
+  const resp = await fetch(api(path), {
     method: "POST", credentials: "same-origin",
     headers: {"X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"},
     body: new URLSearchParams(params),
@@ -145,7 +151,7 @@ function renderFailed(snap) {
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const resp = await fetch("/jobs/api/snapshot", {credentials: "same-origin", cache: "no-store"});
+    const resp = await fetch(api("/jobs/api/snapshot"), {credentials: "same-origin", cache: "no-store"});
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     const snap = await resp.json();
     renderTotals(snap);
@@ -166,7 +172,7 @@ async function lookup(event) {
   event.preventDefault();
   const id = document.getElementById("lookup-id").value.trim();
   const box = document.getElementById("lookup-result");
-  const resp = await fetch(`/jobs/api/record?id=${encodeURIComponent(id)}`, {credentials: "same-origin"});
+  const resp = await fetch(api(`/jobs/api/record?id=${encodeURIComponent(id)}`), {credentials: "same-origin"});
   const body = await resp.json().catch(() => ({message: resp.statusText}));
   if (!resp.ok) {
     box.replaceChildren(el("p", {class: "bad"}, body.message));

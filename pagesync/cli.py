@@ -27,7 +27,8 @@ log = logging.getLogger("pagesync.cli")
 app = typer.Typer(help="pagesync: sync, process and watch browser-activity data.",
                   no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
 token_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Inspect, retry and discard failed jobs.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Failed jobs (inspect, retry, discard) and processing every record "
+                             "again (reprocess).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
 

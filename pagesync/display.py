@@ -66,9 +66,15 @@ def queue_alert(snap: dict) -> Text | None:
     """A red line while the queue does not answer: what it means for the user's data."""
     if snap["queue_depth"] >= 0:
         return None
-    return Text(f"The queue is unreachable. Syncs are still stored; {snap.get('pending', 0):,} "
-                "jobs wait in SQLite (awaiting delivery) and are delivered when it is back.",
-                style="bold red")
+    return Text(outage_message(snap.get("pending", 0)), style="bold red")
+
+
+def outage_message(pending: int) -> str:
+    """What an unreachable queue means for the user's data (the dashboard says the same)."""
+    waits = "1 job waits" if pending == 1 else f"{pending:,} jobs wait"
+    return (f"The queue is unreachable. Syncs are still stored; {waits} in SQLite (awaiting "
+            "delivery). When it is back they are delivered, and queued jobs whose messages "
+            "it lost are sent again.")
 
 
 SUMMARY_STYLE = {"processed": "green", "failed": "yellow", "enqueued": "cyan",

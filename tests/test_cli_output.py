@@ -83,6 +83,8 @@ def test_help_shows_bracketed_parts_and_plain_metavars():
     assert "[env: PAGESYNC_QUEUE]" in serve
     dev = next(line for line in serve.splitlines() if "--dev" in line)
     assert "<bool>" not in dev
+    assert "<str>" not in serve and "<int" not in serve and "TEXT" in serve  # typer 0.27 metavars
+    assert "{" not in usage("replay") and "{" not in usage("token", "create")
     assert "FILES" in usage("replay") and "files" not in usage("replay")
     assert "NAME" in usage("token", "create")
     assert "IDS" in usage("jobs", "retry")

@@ -131,3 +131,10 @@ def test_queue_passwords_are_not_shown():
     assert monitor.hide_password("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
     assert monitor.hide_password("redis://ops:s3cret@h/1") == "redis://ops:***@h/1"
     assert monitor.hide_password("sqlite:///var/lib/q.db") == "sqlite:///var/lib/q.db"
+
+
+def test_the_outage_line_counts_in_words():
+    from pagesync.display import outage_message
+    assert "; 1 job waits in SQLite" in outage_message(1)
+    assert "; 2,500 jobs wait in SQLite" in outage_message(2500)
+    assert "queued jobs whose messages it lost are sent again" in outage_message(0)

@@ -52,9 +52,11 @@ function renderTotals(snap) {
   setText("t-pending", (snap.pending || 0).toLocaleString("en-US"));
   const alert = document.getElementById("queue-alert");
   alert.hidden = snap.queue_depth >= 0;
+  const pending = snap.pending || 0;  // the same words as display.outage_message
+  const waits = pending === 1 ? "1 job waits" : `${pending.toLocaleString("en-US")} jobs wait`;
   alert.textContent = alert.hidden ? "" : `The queue is unreachable. Syncs are still stored; ` +
-    `${(snap.pending || 0).toLocaleString("en-US")} jobs wait in SQLite (awaiting delivery) ` +
-    `and are delivered when it is back.`;
+    `${waits} in SQLite (awaiting delivery). When it is back they are delivered, and queued ` +
+    `jobs whose messages it lost are sent again.`;
   const t = snap.throughput;
   setText("rate", `${t.done_per_second.toFixed(2)} jobs/s done, ${t.failed_per_second.toFixed(2)}/s failing (last ${t.window_seconds} s)`);
 }

@@ -507,9 +507,13 @@ def main():
 
     try:
         app(prog_name="pagesync")
-    except (SettingsError, sqlite3.Error, store.StorageBusy, RedisError, OSError) as exc:
+    except SettingsError as exc:  # its message names the setting and what is wrong
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False,
+                  soft_wrap=True)
+        sys.exit(1)
+    except (sqlite3.Error, store.StorageBusy, RedisError, OSError) as exc:
         err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", markup=True,
-                  highlight=False)
+                  highlight=False, soft_wrap=True)  # a path is never cut in two
         sys.exit(1)
 
 

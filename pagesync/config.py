@@ -117,16 +117,22 @@ class Settings:
                      "max_json_containers", "max_metadata_bytes", "max_metadata_string",
                      "worker_heartbeat", "reconcile_interval", "lost_after", "worker_batch"):
             if not 0 < getattr(self, name) < math.inf:  # nan fails this too
-                out.append(f"{name} must be a positive finite number, got {getattr(self, name)}")
+                out.append(f"{env_name(name)} must be a positive finite number, "
+                           f"got {getattr(self, name)}")
         for name in ("rate_limit_per_minute", "rate_limit_burst", "retries", "retry_base_delay",
                      "shutdown_timeout", "failed_keep", "events_keep", "workers_keep",
                      "syncs_keep"):
             if not getattr(self, name) >= 0:  # nan fails this too
-                out.append(f"{name} must not be negative, got {getattr(self, name)}")
+                out.append(f"{env_name(name)} must not be negative, got {getattr(self, name)}")
         return out
 
     def describe_queue(self) -> str:
         return self.queue if self.queue_kind == "redis" else f"sqlite:///{self.queue_path}"
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting (what a user sets, so what a message names)."""
+    return ENV_PREFIX + setting.upper()
 
 
 class SettingsError(ValueError):
@@ -135,7 +141,7 @@ class SettingsError(ValueError):
 
 def _coerce(f, raw: str):
     kind = f.type if isinstance(f.type, str) else f.type.__name__
-    name = f"{ENV_PREFIX}{f.name.upper()}={raw!r}"
+    name = f"{env_name(f.name)}={raw!r}"
     try:
         if kind == "int":
             return int(raw)

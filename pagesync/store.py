@@ -104,8 +104,12 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0,
             polls: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL journal.
     `durable` fsyncs each commit (the server: a 200 means the batch is on disk)."""
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False,
-                           factory=Connection)
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                               check_same_thread=False, factory=Connection)
+    except sqlite3.OperationalError as exc:  # sqlite3 does not say which file
+        raise sqlite3.OperationalError(f"{exc}: {path} (does its folder exist, and may this "
+                                       "user write there?)") from None
     conn.row_factory = sqlite3.Row
     conn.lock_timeout, conn.polls = timeout, polls
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")

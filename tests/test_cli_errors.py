@@ -22,15 +22,16 @@ def test_bad_settings_are_refused_with_a_reason(tmp_path):
         (["worker", "--db", db], {"PAGESYNC_TIMEZONE": "Mars/Olympus"}, "timezone 'Mars/Olympus' is unknown"),
         (["worker", "--db", db], {"PAGESYNC_RETRIES": "abc"}, "is not a whole number"),
         (["worker", "--db", db], {"PAGESYNC_MAX_JSON_DEPTH": "1e3"}, "is not a whole number"),
-        (["worker", "--db", db], {"PAGESYNC_RECONCILE_INTERVAL": "nan"}, "reconcile_interval must be"),
-        (["worker", "--db", db], {"PAGESYNC_LOST_AFTER": "inf"}, "lost_after must be"),
+        (["worker", "--db", db], {"PAGESYNC_RECONCILE_INTERVAL": "nan"}, "PAGESYNC_RECONCILE_INTERVAL must be"),
+        (["worker", "--db", db], {"PAGESYNC_LOST_AFTER": "inf"}, "PAGESYNC_LOST_AFTER must be"),
         (["worker", "--db", db], {"PAGESYNC_RETRY_BASE_DELAY": "x"}, "is not a number"),
         (["worker", "--db", db, "--log-level", "LOUD"], {}, "--log-level must be one of"),
         (["serve", "--db", db, "--log-level", "verbose"], {}, "--log-level must be one of"),
         (["serve", "--db", db, "--host", "999.1.1.1", "--port", "18556"], {}, "cannot listen on 999.1.1.1"),
-        (["serve", "--db", db], {"PAGESYNC_MAX_BODY_BYTES": "-1"}, "max_body_bytes must be a positive finite number"),
+        (["serve", "--db", db], {"PAGESYNC_MAX_BODY_BYTES": "-1"}, "PAGESYNC_MAX_BODY_BYTES must be a positive finite number"),
         (["stats", "--db", str(tmp_path / "typo.db")], {}, "no database at"),
-        (["token", "create", "x", "--db", str(tmp_path)], {}, "unable to open database file"),
+        (["token", "create", "x", "--db", str(tmp_path)], {}, f"unable to open database file: {tmp_path}"),
+        (["serve", "--db", str(tmp_path / "no" / "x.db")], {}, f"{tmp_path / 'no' / 'x.db'} (does its folder"),
     ]
     for args, env, text in cases:
         res = run(*args, env=env)

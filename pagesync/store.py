@@ -221,7 +221,9 @@ def upgrade_layout(conn) -> None:
             if "CREATE INDEX" in statement:
                 conn.execute(statement)
     if done:
-            log.info("database layout upgraded: %s", "; ".join(done))
+        log.info("database layout upgraded: %s", "; ".join(done))
+        log.warning("the rollups were made by an earlier version, whose rules may have "
+                    "differed (host keys): `pagesync jobs reprocess` makes them again")
 
 
 def table_columns(conn, table: str) -> set:

@@ -636,6 +636,7 @@ def test_a_database_of_the_earlier_layout_is_upgraded_and_keeps_its_records(stac
     assert "WITHOUT ROWID" not in st.conn().execute(
         "SELECT sql FROM sqlite_master WHERE name = 'tab_aggregates'").fetchone()[0]
     assert "database layout upgraded: page_visits (rows moved out of a" in st.logs()
+    assert "pagesync jobs reprocess" in " ".join(st.logs().split())
     again = sync_ok(st, token, {"pageVisits": [first]})
     assert again["jobs_enqueued"] == 0  # the stored record, unchanged: no new job
     n = sync_both(st, token)

@@ -283,7 +283,10 @@ class Reachability:
     when a sync answers 503): one WARNING when it starts, a reminder at most every
     `reminder` s, one INFO line with how long it lasted when it is over; not a line per
     request (Prometheus scrapes, dashboards poll, extensions retry). The worker's
-    `Outages` does the same across its processes (shared memory), in the same words."""
+    `Outages` does the same across its processes (shared memory), in the same words. A
+    server sees the queue only when a request needs it, so its durations count from the
+    first failure it saw, and a failure after a minute without any is a new outage (the
+    queue may have been back in between, unseen)."""
 
     def __init__(self, what: str = "queue", reminder: float = 60.0, clock=time.monotonic):
         self.reminder, self.clock = reminder, clock
@@ -299,8 +302,9 @@ class Reachability:
     def down(self, exc: BaseException, consequence: str = "") -> None:
         now = self.clock()
         with self.lock:
+            unseen = now - self.failed > self.reminder  # no failure seen for a while
             self.failed = now
-            first = self.since is None
+            first = self.since is None or unseen
             if not first and now - self.said < self.reminder:
                 return
             self.since = self.since if not first else now
@@ -309,7 +313,8 @@ class Reachability:
         if first:
             log.warning("%s (%s: %s)%s", self.starts, type(exc).__name__, exc, consequence)
         else:
-            log.warning("%s after %.0f s (%s: %s)", self.lasts, lasted, type(exc).__name__, exc)
+            log.warning("%s (first seen %.0f s ago; %s: %s)", self.lasts, lasted,
+                        type(exc).__name__, exc)
 
     def up(self) -> None:
         if self.since is None:  # the usual case, without the lock
@@ -318,7 +323,7 @@ class Reachability:
             if self.since is None:
                 return
             lasted, self.since = self.clock() - self.since, None
-        log.info("%s after %.0f s", self.ends, lasted)
+        log.info("%s (first seen %s %.0f s before)", self.ends, self.starts.split()[-1], lasted)
 
 
 REACHABILITY = Reachability("queue")

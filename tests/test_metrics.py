@@ -134,9 +134,18 @@ def test_an_unreachable_queue_is_logged_once_not_per_look(caplog):
     assert queue_depth(huey, reach) == 7 and queue_depth(huey, reach) == 7
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["queue unreachable (ConnectionError: Connection refused)",
-                     "queue still unreachable after 60 s (ConnectionError: Connection refused)",
-                     "queue reachable again after 75 s"]
+                     "queue still unreachable (first seen 60 s ago; ConnectionError: Connection "
+                     "refused)",
+                     "queue reachable again (first seen unreachable 75 s before)"]
     assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "INFO"]
+    # a failure after a minute without any is a new outage: it may have been back unseen
+    caplog.clear()
+    huey.up = False
+    for gap in (0, 61, 30):
+        now[0] += gap
+        assert queue_depth(huey, reach) == -1
+    assert [r.getMessage() for r in caplog.records] == [
+        "queue unreachable (ConnectionError: Connection refused)"] * 2
 
 
 def test_a_run_of_busy_database_answers_is_logged_once(caplog):
@@ -155,4 +164,4 @@ def test_a_run_of_busy_database_answers_is_logged_once(caplog):
     busy.up()
     assert [r.getMessage() for r in caplog.records] == [
         "database busy (OperationalError: database is locked); answered 503",
-        "database available again after 20 s"]
+        "database available again (first seen busy 20 s before)"]

@@ -1,8 +1,10 @@
+import signal
+
 import pytest
 
 from pagesync.config import Settings
 
-from .helpers import RedisServer, Stack
+from .helpers import DedicatedRedis, RedisServer, Stack
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +50,15 @@ def stack(stack_factory):
     st = stack_factory()
     st.start_server()
     return st
+
+
+@pytest.fixture
+def dedicated_redis(tmp_path):
+    """A started redis-server of the test's own, to stop, pause (SIGSTOP) or restart;
+    resumed and stopped after the test whatever it did to it."""
+    server = DedicatedRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None:
+        server.proc.send_signal(signal.SIGCONT)
+    server.stop()

@@ -18,7 +18,7 @@ from pagesync import procs, queue, stats, store
 from pagesync.config import Settings
 from pagesync.queue import make_huey
 
-from .helpers import DedicatedRedis, assert_one_outage, reference, row_count, wait_for, worker_log
+from .helpers import assert_one_outage, reference, row_count, wait_for, worker_log
 
 FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
 
@@ -380,88 +380,76 @@ def test_shutdown_timeout_cuts_long_jobs_which_run_again_later(stack_factory, ki
 
 # ---------------------------------------------------------------- Redis away for a while
 
-def test_a_hung_redis_costs_syncs_seconds_not_minutes(stack_factory, tmp_path):
+def test_a_hung_redis_costs_syncs_seconds_not_minutes(stack_factory, dedicated_redis):
     """A Redis that accepts connections but does not answer (stopped, or its host gone):
     the first sync waits one socket timeout for it, the next ones (within 5 s) do not wait
     at all; every sync is stored (200, its jobs pending) and processed once it is back."""
-    server = DedicatedRedis(tmp_path)
-    server.start()
-    try:
-        st = stack_factory(server.url, **FAST)
-        st.start_server()
-        token = st.token()
-        visits, aggs = both_payloads()
-        sync_ok(st, token, visits)
-        server.proc.send_signal(signal.SIGSTOP)
-        times = []
-        for i in range(4):
-            t0 = time.monotonic()
-            batch = {"pageVisits": [{**v, "id": f"{v['id']}_hung{i}"} for v in visits["pageVisits"]]}
-            sync_ok(st, token, batch)
-            times.append(time.monotonic() - t0)
-        assert times[0] < queue.REDIS_TIMEOUT + 1.5, times
-        assert max(times[1:]) < 1.0, times
-        n = len(visits["pageVisits"])
-        assert states(st) == {"queued": n, "pending": 4 * n}
-        server.proc.send_signal(signal.SIGCONT)
-        st.start_worker()
-        st.wait_drained(40)
-        all_processed(st)
-    finally:
-        if server.proc is not None:
-            server.proc.send_signal(signal.SIGCONT)
-        server.stop()
-
-
-def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory, tmp_path):
-    server = DedicatedRedis(tmp_path)
-    server.start()
-    try:
-        st = stack_factory(server.url, **FAST)
-        st.start_server()
-        token = st.token()
-        visits, aggs = both_payloads()
-        sync_ok(st, token, visits)  # queued in Redis...
-        server.stop()  # ...and lost with it (no persistence)
+    st = stack_factory(dedicated_redis.url, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, aggs = both_payloads()
+    sync_ok(st, token, visits)
+    dedicated_redis.proc.send_signal(signal.SIGSTOP)
+    times = []
+    for i in range(4):
         t0 = time.monotonic()
-        data = sync_ok(st, token, aggs)
-        assert time.monotonic() - t0 < 5
-        assert data["jobs_enqueued"] == len(aggs["tabAggregates"])
-        assert states(st) == {"queued": len(visits["pageVisits"]),
-                              "pending": len(aggs["tabAggregates"])}
-        assert requests.get(st.url + "/readyz", timeout=5).status_code == 503
-        # what watch shows: the outage, and the jobs waiting in SQLite for it to end
-        snap = st.snapshot()
-        assert snap["queue_depth"] == -1 and snap["pending"] == len(aggs["tabAggregates"])
-        screen = " ".join(st.cli("watch", "--once").stdout.split())
-        assert (f"The queue is unreachable. Syncs are still stored; {len(aggs['tabAggregates'])} "
-                "jobs wait in SQLite") in screen
-        assert f"awaiting delivery {len(aggs['tabAggregates'])}" in screen
-        assert "scheduled retries unknown" in screen  # not 0: the queue did not say
-        metrics = requests.get(st.url + "/metrics", timeout=10).text.splitlines()
-        pending = [line for line in metrics if line.startswith("pagesync_jobs_pending ")]
-        assert pending == [f"pagesync_jobs_pending {float(len(aggs['tabAggregates']))}"]
-        assert "pagesync_queue_scheduled NaN" in metrics
-        worker = st.start_worker()
-        time.sleep(1.5)
-        cpu = psutil.Process(worker.pid)
-        before = sum(cpu.cpu_times()[:2])
-        time.sleep(2)
-        assert (sum(cpu.cpu_times()[:2]) - before) / 2 < 0.25  # waits, does not spin
-        assert worker.poll() is None
-        assert states(st).get("done", 0) == 0
-        server.start()
-        st.wait_drained(40)
-        all_processed(st)
-        assert worker.poll() is None
-        snap = st.snapshot()
-        assert snap["pending"] == 0 and snap["queue_depth"] == 0
-        assert "unreachable" not in st.cli("watch", "--once").stdout
-        # the outage in the log: one warning, no traceback, and when it ended
-        log = worker_log(st)
-        assert_one_outage(log, "queue unreachable", "queue reachable again")
-    finally:
-        server.stop()
+        batch = {"pageVisits": [{**v, "id": f"{v['id']}_hung{i}"} for v in visits["pageVisits"]]}
+        sync_ok(st, token, batch)
+        times.append(time.monotonic() - t0)
+    assert times[0] < queue.REDIS_TIMEOUT + 1.5, times
+    assert max(times[1:]) < 1.0, times
+    n = len(visits["pageVisits"])
+    assert states(st) == {"queued": n, "pending": 4 * n}
+    dedicated_redis.proc.send_signal(signal.SIGCONT)
+    st.start_worker()
+    st.wait_drained(40)
+    all_processed(st)
+
+
+def test_redis_down_syncs_still_200_and_everything_processed_after(stack_factory, dedicated_redis):
+    st = stack_factory(dedicated_redis.url, **FAST)
+    st.start_server()
+    token = st.token()
+    visits, aggs = both_payloads()
+    sync_ok(st, token, visits)  # queued in Redis...
+    dedicated_redis.stop()  # ...and lost with it (no persistence)
+    t0 = time.monotonic()
+    data = sync_ok(st, token, aggs)
+    assert time.monotonic() - t0 < 5
+    assert data["jobs_enqueued"] == len(aggs["tabAggregates"])
+    assert states(st) == {"queued": len(visits["pageVisits"]),
+                          "pending": len(aggs["tabAggregates"])}
+    assert requests.get(st.url + "/readyz", timeout=5).status_code == 503
+    # what watch shows: the outage, and the jobs waiting in SQLite for it to end
+    snap = st.snapshot()
+    assert snap["queue_depth"] == -1 and snap["pending"] == len(aggs["tabAggregates"])
+    screen = " ".join(st.cli("watch", "--once").stdout.split())
+    assert (f"The queue is unreachable. Syncs are still stored; {len(aggs['tabAggregates'])} "
+            "jobs wait in SQLite") in screen
+    assert f"awaiting delivery {len(aggs['tabAggregates'])}" in screen
+    assert "scheduled retries unknown" in screen  # not 0: the queue did not say
+    metrics = requests.get(st.url + "/metrics", timeout=10).text.splitlines()
+    pending = [line for line in metrics if line.startswith("pagesync_jobs_pending ")]
+    assert pending == [f"pagesync_jobs_pending {float(len(aggs['tabAggregates']))}"]
+    assert "pagesync_queue_scheduled NaN" in metrics
+    worker = st.start_worker()
+    time.sleep(1.5)
+    cpu = psutil.Process(worker.pid)
+    before = sum(cpu.cpu_times()[:2])
+    time.sleep(2)
+    assert (sum(cpu.cpu_times()[:2]) - before) / 2 < 0.25  # waits, does not spin
+    assert worker.poll() is None
+    assert states(st).get("done", 0) == 0
+    dedicated_redis.start()
+    st.wait_drained(40)
+    all_processed(st)
+    assert worker.poll() is None
+    snap = st.snapshot()
+    assert snap["pending"] == 0 and snap["queue_depth"] == 0
+    assert "unreachable" not in st.cli("watch", "--once").stdout
+    # the outage in the log: one warning, no traceback, and when it ended
+    log = worker_log(st)
+    assert_one_outage(log, "queue unreachable", "queue reachable again")
 
 
 def lost_jobs(conn, prefix: str, n: int, created_at: float) -> None:

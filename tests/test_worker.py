@@ -23,7 +23,7 @@ from pagesync import worker as worker_mod
 from pagesync.worker import (BATCH_SECONDS, BatchWorker, Outages, PagesyncScheduler,
                              next_batch_size)
 
-from .helpers import DedicatedRedis, assert_one_outage, reference, row_count, wait_for, worker_log
+from .helpers import assert_one_outage, reference, row_count, wait_for, worker_log
 from .test_rollups_exact import make_scenario
 
 FAST = dict(worker_heartbeat=0.5, reconcile_interval=1)
@@ -455,29 +455,24 @@ def test_a_locked_database_is_one_warning_then_one_line_when_it_is_free(stack_fa
     assert_one_outage(log, "database busy", "database available again")
 
 
-def test_redis_going_away_under_a_running_worker_is_one_warning(stack_factory, tmp_path):
-    server = DedicatedRedis(tmp_path)
-    server.start()
-    try:
-        st = stack_factory(server.url, **FAST)
-        st.start_server()
-        token = st.token()
-        worker = st.start_worker(kind="process")
-        wait_for(lambda: any(w["state"] == "alive" for w in st.snapshot()["workers"]), 20,
-                 "the worker's heartbeat")
-        server.stop()
-        wait_for(lambda: "queue unreachable" in worker_log(st), 10, "the worker to log it")
-        sync_ok(st, token, visits_body(20))  # pending while Redis is away
-        time.sleep(4)  # polls, scheduler ticks, heartbeats and reconciles all fail meanwhile
-        server.start()
-        wait_for(lambda: "queue reachable again" in worker_log(st), 15, "the end of the outage")
-        st.wait_drained(30)
-        assert states(st) == {"done": 20}
-        assert worker.poll() is None
-        log = worker_log(st)
-        assert_one_outage(log, "queue unreachable", "queue reachable again")
-    finally:
-        server.stop()
+def test_redis_going_away_under_a_running_worker_is_one_warning(stack_factory, dedicated_redis):
+    st = stack_factory(dedicated_redis.url, **FAST)
+    st.start_server()
+    token = st.token()
+    worker = st.start_worker(kind="process")
+    wait_for(lambda: any(w["state"] == "alive" for w in st.snapshot()["workers"]), 20,
+             "the worker's heartbeat")
+    dedicated_redis.stop()
+    wait_for(lambda: "queue unreachable" in worker_log(st), 10, "the worker to log it")
+    sync_ok(st, token, visits_body(20))  # pending while Redis is away
+    time.sleep(4)  # polls, scheduler ticks, heartbeats and reconciles all fail meanwhile
+    dedicated_redis.start()
+    wait_for(lambda: "queue reachable again" in worker_log(st), 15, "the end of the outage")
+    st.wait_drained(30)
+    assert states(st) == {"done": 20}
+    assert worker.poll() is None
+    log = worker_log(st)
+    assert_one_outage(log, "queue unreachable", "queue reachable again")
 
 
 # ---------------------------------------------------------------- a locked database at start

@@ -23,6 +23,7 @@ from .queue import Reachability, deliver, make_huey, queue_depth, queued_in_batc
 
 log = logging.getLogger("pagesync.web")
 DATABASE_BUSY = Reachability("database")  # logs a run of 503s once, and when it is over
+LOCK_BUDGET = 5.0  # seconds a sync may wait for the database before its 503 (Retry-After)
 
 
 class ApiError(Exception):
@@ -105,7 +106,7 @@ class App:
         # Batches are written one at a time per process (write_lock), on one connection
         # whose page cache stays warm from batch to batch; the log is checkpointed by a
         # thread of its own, not inside a batch's commit.
-        self.writer = store.connect(settings.db, durable=True, timeout=5.0, polls=True)
+        self.writer = store.connect(settings.db, durable=True, timeout=LOCK_BUDGET, polls=True)
         self.writer.execute(f"PRAGMA wal_autocheckpoint = {store.WRITER_AUTOCHECKPOINT}")
         self.checkpointer = store.Checkpointer(settings.db).start()
         # Marking jobs 'queued' needs no fsync: if it is lost, the reconciler re-enqueues.
@@ -139,10 +140,14 @@ class App:
         return user
 
     def write(self, fn, *args):
-        """Run a write transaction holding the process's write lock."""
-        if not self.write_lock.acquire(timeout=5.0):
-            raise store.StorageBusy("writers queued for over 5 s")
+        """Run a write transaction holding the process's write lock. The waits for this
+        process's lock and then for SQLite's share one budget (LOCK_BUDGET seconds): no
+        request waits longer for the database before its 503."""
+        deadline = time.monotonic() + LOCK_BUDGET
+        if not self.write_lock.acquire(timeout=LOCK_BUDGET):
+            raise store.StorageBusy(f"writers queued for over {LOCK_BUDGET:g} s")
         try:
+            self.writer.lock_timeout = max(0.001, deadline - time.monotonic())
             return fn(*args)
         finally:
             self.write_lock.release()

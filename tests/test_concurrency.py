@@ -128,3 +128,30 @@ def test_children_that_cannot_start_are_not_restarted_forever(tmp_path):
     assert "Traceback" not in res.stderr
     assert time.monotonic() - start < 30
     assert not psutil.pid_exists(int(marker.read_text()))  # the one still up was stopped
+
+
+def test_a_locked_database_costs_a_sync_at_most_the_lock_budget(stack):
+    """Three syncs at once while another process keeps the database locked: the waits for
+    the server's own write lock and for SQLite's share one 5 s budget, so each is answered
+    503 with Retry-After by then (the third used to get the server's lock at 5 s, then wait
+    5 s more for SQLite's)."""
+    import sqlite3
+
+    from .helpers import post_sync, reference
+    token, body = stack.token(), reference("extension_visits.json")
+    blocker = sqlite3.connect(stack.settings.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+
+    def timed(_):
+        t0 = time.monotonic()
+        resp = post_sync(stack.url, token, body)
+        return resp.status_code, resp.headers.get("Retry-After"), time.monotonic() - t0
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(timed, range(3)))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert [(code, bool(retry)) for code, retry, _ in answers] == [(503, True)] * 3, answers
+    assert max(seconds for *_, seconds in answers) < 6.5, answers
+    assert post_sync(stack.url, token, body).status_code == 200

@@ -142,6 +142,19 @@ def open_database(s: Settings, role: str) -> None:
                     "same file: --db or PAGESYNC_DB)", s.db)
 
 
+def check_queue(s: Settings) -> None:
+    """serve and worker: a Redis that refuses the settings ends the command (exit 2); one
+    that does not answer yet is a warning, and they go on."""
+    from .queue import QueueRefused, check_at_start
+
+    try:
+        outage = check_at_start(s)
+    except QueueRefused as exc:
+        fail(str(exc), 2)
+    if outage:
+        log.warning("%s", outage)
+
+
 def finite(value: float) -> float:
     """A number option's check that its range cannot make: nan is within every range."""
     if value != value:
@@ -177,6 +190,7 @@ def serve(
     level = log_level_of(log_level)
     setup_logging(level)
     s = settings(db, queue, dev=True if dev else None)
+    check_queue(s)
     open_database(s, "server")
     from .multiserve import CannotServe, run_many
 
@@ -203,6 +217,7 @@ def worker(
         fail("--kind must be thread or process", 2)
     setup_logging(log_level_of(log_level))
     s = settings(db, queue)
+    check_queue(s)
     open_database(s, "worker")
     run_worker(s, workers, kind)
 

@@ -97,17 +97,14 @@ class Settings:
     def problems(self) -> list[str]:
         """What is wrong with these settings, in words a user can act on (empty: fine)."""
         out = []
+        if not self.db.strip():  # `--db "$UNSET"`: SQLite would make a temporary database
+            out.append("the database file is empty: pass --db FILE or set PAGESYNC_DB")
         q = self.queue
-        if q != "sqlite" and not q.startswith("sqlite:///"):
-            parts = urlsplit(q)
-            if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
-                out.append(f"queue {q!r} is not understood: use 'sqlite', sqlite:///FILE or "
-                           "redis://HOST:PORT/DB")
-            else:
-                try:
-                    parts.port
-                except ValueError:
-                    out.append(f"queue {q!r} has an invalid port")
+        if q.startswith("sqlite:///") and not self.queue_path.strip():
+            out.append("queue 'sqlite:///' names no file: use sqlite:///FILE, or 'sqlite' for "
+                       "the queue inside the database file")
+        elif q != "sqlite" and not q.startswith("sqlite:///"):
+            out.extend(redis_url_problems(q))
         try:
             if self.timezone.upper() != "UTC":
                 ZoneInfo(self.timezone)
@@ -127,7 +124,44 @@ class Settings:
         return out
 
     def describe_queue(self) -> str:
-        return self.queue if self.queue_kind == "redis" else f"sqlite:///{self.queue_path}"
+        """The queue as logs and pages show it: a Redis password is never shown."""
+        return hide_password(self.queue) if self.queue_kind == "redis" \
+            else f"sqlite:///{self.queue_path}"
+
+
+def hide_password(url: str | None) -> str:
+    """redis://user:secret@host:6379/0 -> redis://user:***@host:6379/0, for showing a
+    queue url (pure). A password holding '@' is hidden whole."""
+    url = url or ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return parts._replace(netloc=f"{name}:***@{host}").geturl()
+
+
+def redis_url_problems(url: str) -> list[str]:
+    """What makes a Redis URL unusable whether or not Redis is up (a config error is not
+    an outage: it is refused at start, not retried for ever)."""
+    parts, shown = urlsplit(url), hide_password(url)
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        return [f"queue {shown!r} is not understood: use 'sqlite', sqlite:///FILE or "
+                "redis://HOST:PORT/DB"]
+    try:
+        parts.port
+    except ValueError:
+        return [f"queue {shown!r} has an invalid port"]
+    number = parts.path.strip("/")
+    if parts.scheme != "unix" and number and not number.isdigit():
+        return [f"queue {shown!r}: the part after HOST:PORT/ must be a database number "
+                f"(redis://HOST:PORT/0), got {number!r}"]
+    from redis import ConnectionPool
+    try:  # redis-py passes unknown ?parameters on to the connection, which refuses them
+        ConnectionPool.from_url(url).make_connection()
+    except (TypeError, ValueError) as exc:
+        return [f"queue {shown!r} is not understood by the Redis client: {exc}"]
+    return []
 
 
 def env_name(setting: str) -> str:

@@ -1,10 +1,10 @@
 """One snapshot of queue and job state; `watch`, the dashboard and /metrics all read it."""
 from __future__ import annotations
 
-import re
 import time
 
 from . import jobstate, store
+from .config import hide_password
 from .queue import queue_depth, scheduled_depth
 from .store import TASKS
 
@@ -43,11 +43,6 @@ def throughput(conn, window: float = 60.0, now: float | None = None) -> dict:
     return {"window_seconds": window, "done_per_second": round(done / window, 2),
             "failed_per_second": round(failed / window, 2),
             "series": [round(b / 5, 2) for b in buckets]}
-
-
-def hide_password(url: str | None) -> str:
-    """redis://user:secret@host -> redis://user:***@host, for showing a queue url (pure)."""
-    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url or "")
 
 
 def workers(conn, heartbeat: float, now: float | None = None) -> list:

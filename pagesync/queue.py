@@ -9,9 +9,11 @@ are stored and queued, or neither, and enqueueing costs nothing beyond the job r
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import redis
 from huey import RedisHuey, SqliteHuey
@@ -56,7 +58,13 @@ class QueueStorage(SqliteStorage):
     connection must never leave records a 200 answered for half on disk."""
 
     def _create_connection(self):
-        conn = super()._create_connection()
+        try:
+            conn = super()._create_connection()
+        except sqlite3.OperationalError as exc:  # sqlite3 does not say which file
+            if store.is_busy(exc):
+                raise
+            raise sqlite3.OperationalError(f"{exc}: queue file {self.filename} (does its folder "
+                                           "exist, and may this user write there?)") from None
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
@@ -184,6 +192,35 @@ def redis_pool(url: str):
                   supported_errors=(redis.ConnectionError,))
     return ConnectionPool.from_url(url, retry=retry, socket_connect_timeout=REDIS_TIMEOUT,
                                    socket_timeout=REDIS_TIMEOUT)
+
+
+class QueueRefused(Exception):
+    """Redis answered, with an error no wait will mend (a database number it does not
+    have, a wrong password): a setting to fix, not an outage to sit out."""
+
+
+def check_at_start(settings: Settings) -> str:
+    """Ask the queue once as serve or worker starts. A Redis that refuses raises
+    QueueRefused; one that does not answer is an outage, which the command rides out (its
+    words are returned for a warning); '' when it answers, and for the SQLite queue."""
+    if settings.queue_kind != "redis":
+        folder = Path(settings.queue_path).parent
+        if not settings.queue_in_db and not folder.is_dir():
+            raise QueueRefused(f"queue file {settings.queue_path}: its folder {folder} does not exist")
+        return ""
+    pool = redis_pool(settings.queue)
+    try:
+        redis.Redis(connection_pool=pool).ping()
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        hint = "; a password goes in the URL: redis://:PASSWORD@HOST:PORT/DB" \
+            if "auth" in str(exc).lower() else ""
+        raise QueueRefused(f"queue {settings.describe_queue()}: Redis refused it ({exc}){hint}") from None
+    except redis.RedisError as exc:
+        return (f"queue {settings.describe_queue()} does not answer ({type(exc).__name__}: {exc}); "
+                "going on: syncs are stored, and their jobs delivered once it answers")
+    finally:
+        pool.disconnect()
+    return ""
 
 
 def job_messages(huey, jobs: list) -> list[bytes]:
@@ -331,6 +368,11 @@ RETRY_QUEUE_AFTER = 5.0  # seconds a server leaves an unreachable queue alone be
 
 
 def queue_depth(huey, reach: Reachability = REACHABILITY) -> int:
+    """Messages waiting, or -1: the queue is unreachable. Within RETRY_QUEUE_AFTER of a
+    failure it is not asked again (a hung Redis costs each look a 2 s timeout, and the
+    dashboard and Prometheus look every few seconds)."""
+    if reach.failed_within(RETRY_QUEUE_AFTER):
+        return -1
     try:
         depth = int(huey.pending_count())
     except Exception as exc:  # the queue is unreachable: callers show it as unknown

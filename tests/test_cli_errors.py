@@ -1,18 +1,41 @@
 """CLI misuse ends with one clear line and a non-zero exit, never a traceback or data loss."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 from .helpers import SAMPLES
 
 
 def run(*args, env=None, timeout=60):
-    import os
     e = {k: v for k, v in os.environ.items() if not k.startswith("PAGESYNC_")}
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "pagesync", *args], capture_output=True, text=True,
                           env=e, timeout=timeout)
+
+
+@contextmanager
+def running_worker(*args):
+    """`pagesync worker ARGS` until it says it runs: yields what it logged until then (its
+    lines' wrapping undone), then SIGTERM, which must end it with exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGESYNC_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pagesync", "worker", *args],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines.append(proc.stderr.readline())
+            if "thread worker(s) on" in lines[-1]:  # running: SIGTERM now stops it cleanly
+                break
+        yield " ".join(" ".join(lines).split())
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 def test_bad_settings_are_refused_with_a_reason(tmp_path):
@@ -32,12 +55,22 @@ def test_bad_settings_are_refused_with_a_reason(tmp_path):
         (["stats", "--db", str(tmp_path / "typo.db")], {}, "no database at"),
         (["token", "create", "x", "--db", str(tmp_path)], {}, f"unable to open database file: {tmp_path}"),
         (["serve", "--db", str(tmp_path / "no" / "x.db")], {}, f"{tmp_path / 'no' / 'x.db'} (does its folder"),
+        (["serve", "--db", ""], {}, "the database file is empty: pass --db FILE or set PAGESYNC_DB"),
+        (["worker", "--db", " "], {}, "the database file is empty"),
+        (["worker", "--db", db, "--queue", f"sqlite:///{tmp_path}/no/q.db"], {},
+         f"queue file {tmp_path}/no/q.db: its folder {tmp_path}/no does not exist"),
+        (["worker", "--db", db, "--queue", "redis://127.0.0.1:1/abc"], {},
+         "the part after HOST:PORT/ must be a database number (redis://HOST:PORT/0), got 'abc'"),
+        (["serve", "--db", db, "--queue", "redis://127.0.0.1:1/0?colour=blue"], {},
+         "is not understood by the Redis client"),
+        (["watch", "--db", db, "--queue", "redis://:s3cret@127.0.0.1:x/0"], {},
+         "queue 'redis://:***@127.0.0.1:x/0' has an invalid port"),
     ]
     for args, env, text in cases:
         res = run(*args, env=env)
         assert res.returncode in (1, 2), (args, res.returncode, res.stderr)
         assert text in res.stderr, (args, res.stderr)
-        assert "Traceback" not in res.stderr
+        assert "Traceback" not in res.stderr and "s3cret" not in res.stderr
     assert not (tmp_path / "typo.db").exists()
 
 
@@ -134,27 +167,13 @@ def test_replay_names_the_file_it_cannot_read_and_the_files_with_nothing_in_them
 
 def test_a_worker_that_had_to_create_its_database_says_so(tmp_path):
     """A mistyped --db would otherwise leave the worker waiting on an empty database."""
-    import os
-    import signal
     typo = tmp_path / "pagesnyc.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGESYNC_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pagesync", "worker", "--db", str(typo)],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            lines.append(proc.stderr.readline())
-            if "thread worker(s) on" in lines[-1]:  # running: SIGTERM now stops it cleanly
-                break
-        text = " ".join(" ".join(lines).split())
-        assert "no database was at" in text and "pagesnyc.db" in text, lines
+    with running_worker("--db", str(typo)) as text:
+        assert "no database was at" in text and "pagesnyc.db" in text, text
         assert "the server must use this same file" in text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
     assert typo.exists()  # it does create it: the worker may start before the server
     # an existing database: no such line
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGESYNC_")}
     proc = subprocess.Popen([sys.executable, "-m", "pagesync", "worker", "--db", str(typo)],
                             stderr=subprocess.PIPE, text=True, env=env)
     first = proc.stderr.readline()
@@ -162,3 +181,20 @@ def test_a_worker_that_had_to_create_its_database_says_so(tmp_path):
     _, rest = proc.communicate(timeout=30)
     assert "thread worker(s) on" in first, first + rest
     assert "no database was at" not in first + rest and "Traceback" not in rest
+
+
+def test_a_redis_that_refuses_ends_serve_and_worker_one_that_is_away_is_a_warning(tmp_path, dedicated_redis):
+    """A database number Redis does not have, or a missing password, is a setting to fix:
+    exit 2 at start, not an outage retried for ever. A Redis not answering yet is an
+    outage: the command says so and goes on."""
+    db, url = str(tmp_path / "p.db"), dedicated_redis.url
+    base = url.rsplit("/", 1)[0]
+    res = run("worker", "--db", db, "--queue", base + "/99", timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert f"queue {base}/99: Redis refused it (DB index is out of range)" in " ".join(res.stderr.split())
+    assert "Traceback" not in res.stderr
+    dedicated_redis.stop()
+    secret = url.replace("//", "//:s3cret@")  # a password is never shown
+    with running_worker("--db", db, "--queue", secret) as text:
+        assert f"queue {url.replace('//', '//:***@')} does not answer" in text
+        assert "going on: syncs are stored" in text and "s3cret" not in text

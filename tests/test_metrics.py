@@ -165,3 +165,30 @@ def test_a_run_of_busy_database_answers_is_logged_once(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "database busy (OperationalError: database is locked); answered 503",
         "database available again (first seen busy 20 s before)"]
+
+
+def test_an_unreachable_queue_is_not_asked_again_for_5_s():
+    """A hung Redis costs each look a 2 s timeout, and the dashboard and Prometheus look
+    every few seconds: within 5 s of a failure the depth is 'unreachable' without asking."""
+    import redis
+
+    from pagesync.queue import RETRY_QUEUE_AFTER, Reachability, queue_depth
+
+    class FakeHuey:
+        up, asked = False, 0
+
+        def pending_count(self):
+            self.asked += 1
+            if not self.up:
+                raise redis.TimeoutError("Timeout reading from socket")
+            return 3
+
+    now = [100.0]
+    reach, huey = Reachability(clock=lambda: now[0]), FakeHuey()
+    assert queue_depth(huey, reach) == -1 and huey.asked == 1
+    huey.up = True
+    now[0] += RETRY_QUEUE_AFTER - 0.1
+    assert queue_depth(huey, reach) == -1 and huey.asked == 1
+    now[0] += 0.2
+    assert queue_depth(huey, reach) == 3 and huey.asked == 2
+    assert queue_depth(huey, reach) == 3 and huey.asked == 3

@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from pagesync import display, monitor, procs
+from pagesync.config import Settings
 
 from .helpers import need, reference, wait_for
 
@@ -123,6 +124,7 @@ def test_snapshot_view_recorded_with_rich():
     assert figures(text) == snap["summary"]
     assert task_row(text, "ProcessPageVisit") == [5, 1, 1, 12000, 3]
     assert "▁▁▂▃▅█▅▃▂▁▁▁" in text  # the throughput sparkline
+    assert "2.5 jobs/s (60 s avg)" in text  # an average, and over what
     assert "3.2s" in text or "3.3s" in text  # age of the job in flight
     assert "[bold]boom[/bold]" in text  # error text is not read as Rich markup
 
@@ -131,6 +133,8 @@ def test_queue_passwords_are_not_shown():
     assert monitor.hide_password("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
     assert monitor.hide_password("redis://ops:s3cret@h/1") == "redis://ops:***@h/1"
     assert monitor.hide_password("sqlite:///var/lib/q.db") == "sqlite:///var/lib/q.db"
+    assert monitor.hide_password("redis://ops:p@ss@h/1") == "redis://ops:***@h/1"
+    assert Settings(queue="redis://:s3cret@h:6379/0").describe_queue() == "redis://:***@h:6379/0"
 
 
 def test_the_outage_line_counts_in_words():

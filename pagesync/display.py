@@ -46,6 +46,7 @@ def snapshot_view(snap: dict) -> Group:
           if snap.get("pending") else ()),
         ("   scheduled retries ", "bold"), scheduled_text(snap.get("scheduled", 0)),
         ("   throughput ", "bold"), (f"{snap['throughput']['done_per_second']:.1f} jobs/s", "green"),
+        (f" ({snap['throughput'].get('window_seconds', 60):g} s avg)", "dim"),
         ("   failing ", "bold"), (f"{snap['throughput']['failed_per_second']:.1f}/s", "red"),
         ("   last 60 s ", "bold"), (sparkline(snap["throughput"].get("series", [])), "green"))
     tasks = Table(title="Jobs by state", box=box.SIMPLE_HEAVY, expand=False)

@@ -719,7 +719,7 @@ def opt_int(item: dict, key: str, r: RecordErrors):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value) \
             or abs(value) > 2**53 or not float(value).is_integer():
-        r.warn(key, f"must be an integer, got {json_type(value)}; ignored")
+        r.warn(key, f"must be an integer (at most 2^53 in size), got {json_type(value)}; ignored")
         return None
     return int(value)
 

@@ -367,7 +367,27 @@ def json_error_connection():
     every answer of the app, instead of plain text."""
     from cheroot import server
 
+    class OneLength(server.HeaderReader):
+        """Headers as cheroot reads them, but two Content-Length headers are a 400: cheroot
+        would keep the last and wait for a body the client never sends, and a proxy in
+        front may have framed the request by the first (request smuggling)."""
+        counts = threading.local()
+
+        def __call__(self, rfile, hdict=None):
+            self.counts.lengths = 0
+            hdict = super().__call__(rfile, hdict)
+            if self.counts.lengths > 1:
+                raise ValueError("Content-Length is sent more than once")
+            return hdict
+
+        def _allow_header(self, key_name):
+            if key_name == b"Content-Length":
+                self.counts.lengths += 1
+            return True
+
     class JsonErrorRequest(server.HTTPRequest):
+        header_reader = OneLength()
+
         def simple_response(self, status, msg=""):
             status = str(status)
             if isinstance(msg, bytes):

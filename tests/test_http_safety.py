@@ -169,6 +169,10 @@ def live_token(live):
     # refused by the HTTP server before the app sees them: the same JSON shape
     ("Content-Length not a number", lambda t: sync_head(t, b"Content-Length: abc"), b"{}", False, 400,
      b"Malformed Content-Length"),
+    ("Content-Length twice", lambda t: sync_head(t, b"Content-Length: 2", b"Content-Length: 3"), b"{}",
+     False, 400, b"Content-Length is sent more than once"),
+    ("Content-Length twice, the same", lambda t: sync_head(t, b"Content-Length: 2", b"content-length: 2"),
+     b"{}", False, 400, b"Content-Length is sent more than once"),
     ("header line without a colon", lambda t: sync_head(t, b"Nonsense"), b"", False, 400,
      b"Illegal header line"),
     ("request line of one word", lambda t: b"GARBAGE", b"", False, 400, b"Malformed Request-Line"),

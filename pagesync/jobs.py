@@ -16,7 +16,15 @@ from .store import TASK_AGGREGATE, TASK_VISIT
 
 log = logging.getLogger("pagesync.jobs")
 PROCESSORS = {TASK_VISIT: rollups.process_visit, TASK_AGGREGATE: rollups.process_aggregate}
+# "name": this worker's, as it beats in the workers table; "jobs": what its jobs' `worker`
+# column says: the name, or name/PID in a process worker's child (set as it starts), so
+# the jobs of a child that died can be told from its live siblings' (worker.reclaim).
 WORKER_NAME = {"name": store.worker_name()}
+WORKER_NAME["jobs"] = WORKER_NAME["name"]
+
+
+def child_label(name: str, pid: int) -> str:
+    return f"{name}/{pid}"
 
 
 class JobRunner:
@@ -38,7 +46,7 @@ class JobRunner:
         """Returns None when done or skipped, or the retry delay after a failure."""
         conn = self.pool.get()
         verdict = self._write(lambda: jobstate.begin(
-            conn, task, user_id, record_id, revision, WORKER_NAME["name"], self.max_attempts))
+            conn, task, user_id, record_id, revision, WORKER_NAME["jobs"], self.max_attempts))
         if verdict != "run":
             return None
         return self._execute(conn, (task, user_id, record_id, revision))
@@ -53,7 +61,7 @@ class JobRunner:
             return [] if delay is None else [(jobs[0], delay)]
         conn = self.pool.get()
         verdicts = self._write(lambda: jobstate.begin_many(
-            conn, jobs, WORKER_NAME["name"], self.max_attempts))
+            conn, jobs, WORKER_NAME["jobs"], self.max_attempts))
         outcomes = [(job, self.run(*job)) for job, v in zip(jobs, verdicts) if v == "alone"]
         batch = []
         for job in (job for job, v in zip(jobs, verdicts) if v == "run"):

@@ -119,7 +119,7 @@ class JobsTable(QueueStorage):
             return []  # the usual idle case, without taking the write lock
         with self.lock, store.transaction(self.conn):
             rows = self.conn.execute(CLAIM_JOBS, {"now": time.time(), "limit": limit,
-                                                  "worker": WORKER_NAME["name"]}).fetchall()
+                                                  "worker": WORKER_NAME["jobs"]}).fetchall()
         return [tuple(row[:4]) for row in sorted(rows, key=lambda r: (r[4] or 0, r[2]))]
 
     def take(self, limit: int) -> list[bytes]:
@@ -433,7 +433,7 @@ def _call(fn, *args):
 
 
 DUE = """
-    FROM jobs j LEFT JOIN workers w ON w.name = j.worker
+    FROM jobs j LEFT JOIN workers w ON w.name = j.worker OR substr(j.worker, 1, length(w.name) + 1) = w.name || '/'
     WHERE (j.state = 'pending' AND j.created_at < :pending_before)
        OR (j.state = 'queued' AND :messages_apart AND (j.enqueued_at < :lost_before
                                    OR (:queue_empty AND j.enqueued_at < :pending_before)))
@@ -499,6 +499,25 @@ def reconcile(conn, huey, settings: Settings, limit: int = RECONCILE_CHUNK,
     if total:
         log.info("reconciler re-enqueued %d jobs", total)
     return total
+
+
+def reclaim(conn, huey, owners: list[str]) -> int:
+    """Enqueue again the jobs running on `owners` (process workers' children that died:
+    their jobs would otherwise wait PAGESYNC_LOST_AFTER s for the reconciler)."""
+    marks = ", ".join("?" * len(owners))
+    rows = conn.execute("SELECT task, user_id, record_id, revision FROM jobs "
+                        f"WHERE state = 'running' AND worker IN ({marks})", owners).fetchall()
+    return reconcile_chunk(conn, huey, [tuple(row) for row in rows])
+
+
+def let_go(huey) -> None:
+    """Close what `huey` opened in this process (a process worker's parent, before it
+    forks again: a child must not inherit an open SQLite connection)."""
+    storage = huey.storage
+    if isinstance(storage, SqliteStorage):
+        storage.close()
+    else:
+        storage.pool.disconnect()
 
 
 def reconcile_chunk(conn, huey, jobs: list) -> int:

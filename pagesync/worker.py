@@ -2,7 +2,8 @@
 workers that take jobs in batches, a supervisor (heartbeat, so jobs of a dead worker are
 found; the reconciler; pruning), and a graceful shutdown on SIGTERM as well as SIGINT.
 
-Process workers: the consumer's main process keeps no thread and no SQLite connection, so
+Process workers: the consumer's main process keeps no thread and no SQLite connection (it
+opens them only to put a dead child's jobs back in the queue, and closes them), so
 forking a worker (at start, or to replace a dead one) never copies a held lock; the
 supervisor is one more child of the consumer, and every process opens its own connections
 (the job runner's pool is keyed by pid)."""
@@ -24,7 +25,7 @@ from huey.consumer import BaseProcess, Consumer, ProcessEnvironment, Scheduler, 
 
 from . import jobs, jobstate, processing, store
 from .config import Settings
-from .queue import OUTAGE_WORDS, dequeue_batch, make_huey, reconcile
+from .queue import OUTAGE_WORDS, dequeue_batch, let_go, make_huey, reclaim, reconcile
 
 log = logging.getLogger("pagesync.worker")
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -368,6 +369,7 @@ class GracefulProcessEnvironment(ProcessEnvironment):
         super().init_child(process)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         die_with_parent(self.parent_pid)
+        jobs.WORKER_NAME["jobs"] = jobs.child_label(jobs.WORKER_NAME["name"], os.getpid())
 
     def create_process(self, runnable, name):
         self.parent_pid = os.getpid()
@@ -437,12 +439,33 @@ class PagesyncConsumer(Consumer):
         return done
 
     def check_worker_health(self):
-        healthy = super().check_worker_health()
+        dead = [proc.pid for _, proc in self.worker_threads
+                if self.worker_type == "process" and not self.environment.is_alive(proc)]
+        healthy = super().check_worker_health()  # Huey starts a child in each one's place
+        if dead:
+            self.reclaim(dead)
         if not self.environment.is_alive(self.supervisor):
             self._logger.warning("Supervisor died, restarting.")
             self.supervisor = self._new_supervisor()
             self.supervisor.start()
         return healthy
+
+    def reclaim(self, pids: list[int]) -> None:
+        """The jobs a dead child was running go back to the queue now. If that fails (the
+        queue or the database is away), the reconciler finds them after PAGESYNC_LOST_AFTER s."""
+        owners = [jobs.child_label(jobs.WORKER_NAME["name"], pid) for pid in pids]
+        conn = store.connect(self.settings.db, durable=False)
+        try:
+            count = store.with_retry(lambda: reclaim(conn, self.huey, owners))
+        except (sqlite3.Error, store.StorageBusy, redis.RedisError) as exc:
+            log.warning("the jobs of worker child(ren) %s that died wait for the reconciler "
+                        "(%s: %s)", ", ".join(map(str, pids)), type(exc).__name__, exc)
+            return
+        finally:
+            conn.close()
+            let_go(self.huey)
+        log.warning("worker child(ren) %s died: %d job(s) they were running went back to the "
+                    "queue", ", ".join(map(str, pids)), count)
 
 
 def run_worker(settings: Settings, workers: int = 2, kind: str = "thread") -> None:

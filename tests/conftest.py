@@ -19,10 +19,15 @@ def queue_url(request, tmp_path):
     """Run a test on both queue backends (Redis: a real redis-server on a free port)."""
     if request.param == "sqlite":
         return "sqlite"
-    server = request.getfixturevalue("redis_server")  # one per xdist process
+    return request.getfixturevalue("queue_url_redis")
+
+
+@pytest.fixture
+def queue_url_redis(redis_server):
+    """The URL of an emptied database of the redis-server (one per xdist process)."""
     import redis
-    redis.Redis.from_url(server.url).flushdb()
-    return server.url
+    redis.Redis.from_url(redis_server.url).flushdb()
+    return redis_server.url
 
 
 def make_stack(tmp_path, queue: str = "sqlite", **settings) -> Stack:

@@ -310,10 +310,15 @@ def test_job_killing_its_worker_ends_in_failed_list(stack_factory):
     assert procs.stop(worker, timeout=20) == 0
 
 
-def test_job_killing_a_process_worker_child_is_not_stuck_running(stack_factory):
-    """With --kind process only the child dies; its parent keeps heartbeating. The job must
-    not stay 'running' forever: past lost_after it is delivered again, then fails."""
-    st = stack_factory(retries=1, lost_after=2, **FAST)
+@pytest.mark.parametrize("backend", ["sqlite", "queue-file", "redis"])
+def test_job_killing_a_process_worker_child_is_not_stuck_running(stack_factory, backend, request,
+                                                                 tmp_path):
+    """With --kind process only the child dies; its parent keeps heartbeating. The parent
+    sees the child die (within 5 s) and puts the jobs it was running back in the queue at
+    once, not after lost_after (here 300 s): the killer runs again, then fails."""
+    queue_url = {"sqlite": "sqlite", "queue-file": f"sqlite:///{tmp_path / 'queue.db'}"}.get(backend) \
+        or request.getfixturevalue("queue_url_redis")  # the parent sends messages (and closes them)
+    st = stack_factory(queue_url, retries=1, lost_after=300, **FAST)
     st.start_server()
     token = st.token()
     visits, _ = both_payloads()
@@ -327,6 +332,8 @@ def test_job_killing_a_process_worker_child_is_not_stuck_running(stack_factory):
     st.wait_drained(20)
     assert states(st) == {"done": len(visits["pageVisits"]), "failed": 1}
     assert procs.stop(worker, timeout=20) == 0
+    log = " ".join(worker_log(st).split())
+    assert log.count("job(s) they were running went back to the queue") == 2, log
 
 
 # ---------------------------------------------------------------- graceful shutdown

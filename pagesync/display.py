@@ -64,10 +64,20 @@ def snapshot_view(snap: dict) -> Group:
 
 
 def queue_alert(snap: dict) -> Text | None:
-    """A red line while the queue does not answer: what it means for the user's data."""
-    if snap["queue_depth"] >= 0:
-        return None
-    return Text(outage_message(snap.get("pending", 0)), style="bold red")
+    """A red line while the queue does not answer, a yellow one while it answers without
+    the messages of queued jobs: what it means for the user's data."""
+    if snap["queue_depth"] < 0:
+        return Text(outage_message(snap.get("pending", 0)), style="bold red")
+    if snap.get("unsent"):
+        return Text(unsent_message(snap["unsent"]), style="bold yellow")
+    return None
+
+
+def unsent_message(unsent: int) -> str:
+    """Queued jobs the queue has no message for (the dashboard says the same)."""
+    jobs = "1 queued job has" if unsent == 1 else f"{unsent:,} queued jobs have"
+    return (f"{jobs} no message in the queue (it lost them: a Redis restarted without its "
+            "data?). A worker sends them again when it starts; nothing is lost.")
 
 
 def outage_message(pending: int) -> str:

@@ -5,7 +5,7 @@ import time
 
 from . import jobstate, store
 from .config import hide_password
-from .queue import queue_depth, scheduled_depth
+from .queue import queue_depth, queued_in_batch, scheduled_depth
 from .store import TASKS
 
 SHOWN_STATES = ("queued", "running", "retrying", "done", "failed")
@@ -27,6 +27,17 @@ def pending_count(conn) -> int:
     separate queue file away, or the moment between commit and enqueue): the reconciler
     delivers them. Counted among 'queued' in the per-task figures."""
     return conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
+
+
+def unsent_count(conn, depth: int, workers_: list, embedded: bool, now: float | None = None) -> int:
+    """Jobs queued in SQLite whose messages the queue no longer has (a Redis restarted
+    without its data). Counted only where it is sure: a queue apart from the database,
+    empty, no worker taking from it, jobs queued over 5 s ago. A worker's reconciler sends
+    them again (`watch` and the dashboard say so, as 'Enqueued' alone would not)."""
+    if embedded or depth != 0 or any(w["state"] == "alive" for w in workers_):
+        return 0
+    return conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND enqueued_at < ?",
+                        ((now or time.time()) - 5,)).fetchone()[0]
 
 
 def throughput(conn, window: float = 60.0, now: float | None = None) -> dict:
@@ -132,6 +143,7 @@ def snapshot(conn, huey, heartbeat: float = 2.0) -> dict:
     totals = {state: sum(t[state] for t in tasks.values()) for state in SHOWN_STATES}
     counters = store.counters(conn)
     depth = queue_depth(huey)
+    seen = workers(conn, heartbeat)
     return {
         "summary": summary(totals, counters),
         "generated_at": time.time(),
@@ -141,7 +153,8 @@ def snapshot(conn, huey, heartbeat: float = 2.0) -> dict:
         "tasks": tasks,
         "totals": totals,
         "throughput": throughput(conn),
-        "workers": workers(conn, heartbeat),
+        "workers": seen,
+        "unsent": unsent_count(conn, depth, seen, queued_in_batch(huey)),
         "in_flight": in_flight(conn),
         "recent_failures": recent_failures(conn),
         "failed_jobs": failed_list(conn),

@@ -102,6 +102,35 @@ def test_browser_live_counters_failed_job_retry_and_escaping(stack_factory, brow
     assert errors == []
 
 
+def test_watch_and_browser_say_when_queued_jobs_have_no_message_in_the_queue(
+        stack_factory, browser, dedicated_redis):
+    """A Redis restarted without its data answers again, empty: 'Enqueued 3, queue depth 0,
+    no worker' would leave the user guessing. Both say what happened and what mends it."""
+    from playwright.sync_api import expect
+
+    st = stack_factory(dedicated_redis.url, dashboard_user=USER, dashboard_password=PASSWORD)
+    st.start_server()
+    assert st.sync(st.token(), batch()).status_code == 200  # 3 jobs, their messages in Redis
+    dedicated_redis.stop()
+    dedicated_redis.start()  # no persistence: the messages are gone
+    conn = st.conn()
+    conn.execute("UPDATE jobs SET enqueued_at = enqueued_at - 10")  # queued over 5 s ago
+    conn.close()
+    page = browser.new_context(http_credentials={"username": USER, "password": PASSWORD}).new_page()
+    page.goto(st.url + "/jobs")
+    alert = page.locator("#queue-alert")
+    expect(alert).to_have_text("3 queued jobs have no message in the queue (it lost them: a Redis "
+                               "restarted without its data?). A worker sends them again when it "
+                               "starts; nothing is lost.", timeout=15_000)
+    expect(page.locator("#t-depth")).to_have_text("0")
+    screen = " ".join(st.cli("watch", "--once").stdout.split())
+    assert "3 queued jobs have no message in the queue" in screen
+    st.start_worker()
+    st.wait_drained(40)  # its reconciler sent them again
+    expect(alert).to_be_hidden(timeout=15_000)
+    expect(page.locator("#t-processed")).to_have_text("3")
+
+
 def test_browser_shows_the_queue_outage_and_the_jobs_awaiting_delivery(stack_factory, browser,
                                                                        tmp_path):
     from playwright.sync_api import expect

@@ -129,6 +129,14 @@ def test_snapshot_view_recorded_with_rich():
     assert "[bold]boom[/bold]" in text  # error text is not read as Rich markup
 
 
+def test_queued_jobs_without_messages_are_a_yellow_line_not_silence():
+    snap = {"queue_depth": 0, "pending": 0, "unsent": 2500}
+    text = display.queue_alert(snap)
+    assert text.plain.startswith("2,500 queued jobs have no message in the queue") and "yellow" in str(text.style)
+    assert display.queue_alert({**snap, "unsent": 0}) is None
+    assert "unreachable" in display.queue_alert({**snap, "queue_depth": -1}).plain
+
+
 def test_queue_passwords_are_not_shown():
     assert monitor.hide_password("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
     assert monitor.hide_password("redis://ops:s3cret@h/1") == "redis://ops:***@h/1"

@@ -51,12 +51,17 @@ function renderTotals(snap) {
   setText("t-depth", snap.queue_depth >= 0 ? snap.queue_depth.toLocaleString("en-US") : "unreachable");
   setText("t-pending", (snap.pending || 0).toLocaleString("en-US"));
   const alert = document.getElementById("queue-alert");
-  alert.hidden = snap.queue_depth >= 0;
-  const pending = snap.pending || 0;  // the same words as display.outage_message
+  const pending = snap.pending || 0, unsent = snap.unsent || 0;
   const waits = pending === 1 ? "1 job waits" : `${pending.toLocaleString("en-US")} jobs wait`;
-  alert.textContent = alert.hidden ? "" : `The queue is unreachable. Syncs are still stored; ` +
+  const lost = unsent === 1 ? "1 queued job has" : `${unsent.toLocaleString("en-US")} queued jobs have`;
+  // the same words as display.outage_message and display.unsent_message
+  alert.textContent = snap.queue_depth < 0 ? `The queue is unreachable. Syncs are still stored; ` +
     `${waits} in SQLite (awaiting delivery). When it is back they are delivered, and queued ` +
-    `jobs whose messages it lost are sent again.`;
+    `jobs whose messages it lost are sent again.`
+    : unsent ? `${lost} no message in the queue (it lost them: a Redis restarted without its ` +
+    `data?). A worker sends them again when it starts; nothing is lost.` : "";
+  alert.hidden = !alert.textContent;
+  alert.classList.toggle("warn", snap.queue_depth >= 0);
   const t = snap.throughput;
   setText("rate", `${t.done_per_second.toFixed(2)} jobs/s done, ${t.failed_per_second.toFixed(2)}/s failing (last ${t.window_seconds} s)`);
 }

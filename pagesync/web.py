@@ -23,6 +23,7 @@ from .queue import Reachability, deliver, make_huey, queue_depth, queued_in_batc
 
 log = logging.getLogger("pagesync.web")
 DATABASE_BUSY = Reachability("database")  # logs a run of 503s once, and when it is over
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers together
 LOCK_BUDGET = 5.0  # seconds a sync may wait for the database before its 503 (Retry-After)
 
 
@@ -166,7 +167,7 @@ class App:
         while size < want:
             try:
                 part = stream.read(min(65536, want - size))
-            except (ValueError, OSError) as exc:  # e.g. a bad chunk size, a dropped client
+            except (ValueError, OverflowError, OSError) as exc:  # a bad chunk size, a dropped client
                 raise ApiError(400, f"Body could not be read: {exc}")
             if not part:
                 break
@@ -367,26 +368,41 @@ def json_error_connection():
     every answer of the app, instead of plain text."""
     from cheroot import server
 
-    class OneLength(server.HeaderReader):
-        """Headers as cheroot reads them, but two Content-Length headers are a 400: cheroot
-        would keep the last and wait for a body the client never sends, and a proxy in
-        front may have framed the request by the first (request smuggling)."""
-        counts = threading.local()
+    class StrictHeaders(server.HeaderReader):
+        """Headers as cheroot reads them, but a request whose body's length two parties could
+        read differently is a 400 (a proxy in front may have framed it the other way:
+        request smuggling): Content-Length twice, or beside Transfer-Encoding, or not plain
+        digits, or a header name with a space before its colon. cheroot kept the last
+        Content-Length and waited for a body the client never sent."""
+        seen = threading.local()
 
         def __call__(self, rfile, hdict=None):
-            self.counts.lengths = 0
-            hdict = super().__call__(rfile, hdict)
-            if self.counts.lengths > 1:
+            self.seen.names = []
+            try:
+                hdict = super().__call__(rfile, hdict)
+            except UnboundLocalError:  # cheroot: a first header line that starts with a space
+                raise ValueError("Illegal header line: a continuation with nothing to continue") from None
+            names = self.seen.names
+            if names.count(b"Content-Length") > 1:
                 raise ValueError("Content-Length is sent more than once")
+            if b"Content-Length" in names and b"Transfer-Encoding" in names:
+                raise ValueError("Content-Length and Transfer-Encoding are both sent")
+            length = hdict.get(b"Content-Length")
+            if length is not None and not (length.isdigit() and length.isascii()):
+                raise ValueError("Malformed Content-Length Header.")
             return hdict
 
+        def _transform_key(self, key_name):
+            if key_name != key_name.strip():
+                raise ValueError("Illegal header line: white space around a header name")
+            return key_name.title()
+
         def _allow_header(self, key_name):
-            if key_name == b"Content-Length":
-                self.counts.lengths += 1
+            self.seen.names.append(key_name)
             return True
 
     class JsonErrorRequest(server.HTTPRequest):
-        header_reader = OneLength()
+        header_reader = StrictHeaders()
 
         def simple_response(self, status, msg=""):
             status = str(status)
@@ -432,6 +448,8 @@ def serve(settings: Settings, host: str, port: int, threads: int = 16,
     # No cheroot body limit: the app refuses a declared length over the limit with a JSON
     # 413 before reading (limit_body) and reads a chunked body only up to the limit.
     server.max_request_body_size = 0
+    # Headers are read before the token is checked: past 64 KiB they are a 413, not memory.
+    server.max_request_header_size = MAX_HEADER_BYTES
 
     def stop(signum, frame):
         threading.Thread(target=server.stop, daemon=True).start()

@@ -173,6 +173,16 @@ def live_token(live):
      False, 400, b"Content-Length is sent more than once"),
     ("Content-Length twice, the same", lambda t: sync_head(t, b"Content-Length: 2", b"content-length: 2"),
      b"{}", False, 400, b"Content-Length is sent more than once"),
+    ("Content-Length beside chunked", lambda t: sync_head(t, b"Content-Length: 7", b"Transfer-Encoding: chunked"),
+     b"2\r\n{}\r\n0\r\n\r\n", False, 400, b"Content-Length and Transfer-Encoding are both sent"),
+    ("space before a header's colon", lambda t: sync_head(t, b"Content-Length : 2"), b"{}", False, 400,
+     b"white space around a header name"),
+    ("Content-Length with a sign", lambda t: sync_head(t, b"Content-Length: +2"), b"{}", False, 400,
+     b"Malformed Content-Length"),
+    ("first header line folded", lambda t: sync_head(t, b"Content-Length: 2").replace(b"\r\nHost", b"\r\n Host"),
+     b"{}", False, 400, b"a continuation with nothing to continue"),
+    ("chunk size past any integer", lambda t: sync_head(t, b"Transfer-Encoding: chunked"),
+     b"ffffffffffffffffffffff\r\n{}\r\n0\r\n\r\n", False, 400, b"Body could not be read"),
     ("header line without a colon", lambda t: sync_head(t, b"Nonsense"), b"", False, 400,
      b"Illegal header line"),
     ("request line of one word", lambda t: b"GARBAGE", b"", False, 400, b"Malformed Request-Line"),
@@ -188,3 +198,15 @@ def test_stats_with_a_header_that_is_not_utf8_is_a_400(live):
     got, text = raw_request(live.port, b"GET /api/v1/stats/daily HTTP/1.1\r\nHost: x\r\n"
                             b"Connection: close\r\nAuthorization: Bearer \xe9")
     assert got == 400 and b"ASCII or UTF-8" in text
+
+
+def test_headers_past_64_kib_are_a_413_not_memory(live):
+    """Headers are read before the token is checked: anyone could send 300 MB of them."""
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 70_000
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(big)  # no end of headers: the server refuses as soon as it passes 64 KiB
+        data = sock.recv(65536)
+    status, _, rest = data.partition(b"\r\n")
+    assert status.split()[1] == b"413", data[:200]
+    assert b"The headers sent with the request exceed the maximum allowed bytes" in rest
+    assert raw_get(live.port, "/healthz")[0] == 200

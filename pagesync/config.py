@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_PREFIX = "PAGESYNC_"
@@ -129,23 +130,35 @@ class Settings:
             else f"sqlite:///{self.queue_path}"
 
 
+SECRET_PARAMETER = re.compile(r"(?i)([?&](?:password|pass|pwd)=)[^&#]*")
+
+
 def hide_password(url: str | None) -> str:
-    """redis://user:secret@host:6379/0 -> redis://user:***@host:6379/0, for showing a
-    queue url (pure). A password holding '@' is hidden whole."""
-    url = url or ""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """A queue url as it may be shown (pure): redis://user:secret@host:6379/0 ->
+    redis://user:***@host:6379/0, and ?password=secret -> ?password=***. A password
+    holding '@' is hidden whole; a url too broken to parse still loses its password."""
+    url = SECRET_PARAMETER.sub(r"\1***", url or "")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return parts._replace(netloc=f"{name}:***@{host}").geturl()
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{rest[end:]}"
 
 
 def redis_url_problems(url: str) -> list[str]:
     """What makes a Redis URL unusable whether or not Redis is up (a config error is not
     an outage: it is refused at start, not retried for ever)."""
-    parts, shown = urlsplit(url), hide_password(url)
-    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+    shown = hide_password(url)
+    try:
+        parts = urlsplit(url)
+        understood = parts.scheme in ("redis", "rediss", "unix") and \
+            (parts.scheme == "unix" or bool(parts.hostname))
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        understood = False
+    if not understood:
         return [f"queue {shown!r} is not understood: use 'sqlite', sqlite:///FILE or "
                 "redis://HOST:PORT/DB"]
     try:
@@ -156,6 +169,8 @@ def redis_url_problems(url: str) -> list[str]:
     if parts.scheme != "unix" and number and not number.isdigit():
         return [f"queue {shown!r}: the part after HOST:PORT/ must be a database number "
                 f"(redis://HOST:PORT/0), got {number!r}"]
+    if number and "db" in parse_qs(parts.query):
+        return [f"queue {shown!r} gives the database number twice (/{number} and ?db=)"]
     from redis import ConnectionPool
     try:  # redis-py passes unknown ?parameters on to the connection, which refuses them
         ConnectionPool.from_url(url).make_connection()

@@ -65,6 +65,10 @@ def test_bad_settings_are_refused_with_a_reason(tmp_path):
          "is not understood by the Redis client"),
         (["watch", "--db", db, "--queue", "redis://:s3cret@127.0.0.1:x/0"], {},
          "queue 'redis://:***@127.0.0.1:x/0' has an invalid port"),
+        (["serve", "--db", db], {"PAGESYNC_QUEUE": "redis://:s3cret@[::1:6379/0"},
+         "queue 'redis://:***@[::1:6379/0' is not understood"),
+        (["worker", "--db", db, "--queue", "redis://127.0.0.1:1/0?db=9&password=s3cret"], {},
+         "queue 'redis://127.0.0.1:1/0?db=9&password=***' gives the database number twice"),
     ]
     for args, env, text in cases:
         res = run(*args, env=env)
@@ -194,7 +198,9 @@ def test_a_redis_that_refuses_ends_serve_and_worker_one_that_is_away_is_a_warnin
     assert f"queue {base}/99: Redis refused it (DB index is out of range)" in " ".join(res.stderr.split())
     assert "Traceback" not in res.stderr
     dedicated_redis.stop()
-    secret = url.replace("//", "//:s3cret@")  # a password is never shown
+    secret = url.replace("//", "//:s3cret@")  # a password is never shown, in either form
     with running_worker("--db", db, "--queue", secret) as text:
         assert f"queue {url.replace('//', '//:***@')} does not answer" in text
         assert "going on: syncs are stored" in text and "s3cret" not in text
+    with running_worker("--db", db, "--queue", url + "?password=s3cret") as text:
+        assert f"queue {url}?password=*** does not answer" in text and "s3cret" not in text

@@ -142,6 +142,9 @@ def test_queue_passwords_are_not_shown():
     assert monitor.hide_password("redis://ops:s3cret@h/1") == "redis://ops:***@h/1"
     assert monitor.hide_password("sqlite:///var/lib/q.db") == "sqlite:///var/lib/q.db"
     assert monitor.hide_password("redis://ops:p@ss@h/1") == "redis://ops:***@h/1"
+    assert monitor.hide_password("redis://h:6379/0?password=s3cret&socket_timeout=1") == \
+        "redis://h:6379/0?password=***&socket_timeout=1"
+    assert monitor.hide_password("redis://:s3cret@[::1:6379/0") == "redis://:***@[::1:6379/0"
     assert Settings(queue="redis://:s3cret@h:6379/0").describe_queue() == "redis://:***@h:6379/0"
 
 

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import secrets
 import socket
 import sqlite3
@@ -108,8 +109,9 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0,
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
                                check_same_thread=False, factory=Connection)
     except sqlite3.OperationalError as exc:  # sqlite3 does not say which file
-        raise sqlite3.OperationalError(f"{exc}: {path} (does its folder exist, and may this "
-                                       "user write there?)") from None
+        why = "it is a folder, not a database file" if os.path.isdir(path) else \
+            "does its folder exist, and may this user write there?"
+        raise sqlite3.OperationalError(f"{exc}: {path} ({why})") from None
     conn.row_factory = sqlite3.Row
     conn.lock_timeout, conn.polls = timeout, polls
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")

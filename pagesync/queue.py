@@ -60,11 +60,10 @@ class QueueStorage(SqliteStorage):
     def _create_connection(self):
         try:
             conn = super()._create_connection()
-        except sqlite3.OperationalError as exc:  # sqlite3 does not say which file
+        except sqlite3.OperationalError as exc:
             if store.is_busy(exc):
                 raise
-            raise sqlite3.OperationalError(f"{exc}: queue file {self.filename} (does its folder "
-                                           "exist, and may this user write there?)") from None
+            raise store.cannot_open(exc, self.filename, "queue file ") from None
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
@@ -433,7 +432,8 @@ def _call(fn, *args):
 
 
 DUE = """
-    FROM jobs j LEFT JOIN workers w ON w.name = j.worker OR substr(j.worker, 1, length(w.name) + 1) = w.name || '/'
+    FROM jobs j LEFT JOIN workers w  -- a process worker's child marks its jobs NAME/PID
+        ON w.name = substr(j.worker, 1, instr(j.worker || '/', '/') - 1)
     WHERE (j.state = 'pending' AND j.created_at < :pending_before)
        OR (j.state = 'queued' AND :messages_apart AND (j.enqueued_at < :lost_before
                                    OR (:queue_empty AND j.enqueued_at < :pending_before)))

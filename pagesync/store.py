@@ -101,6 +101,14 @@ class Connection(sqlite3.Connection):
     polls = False
 
 
+def cannot_open(exc: sqlite3.OperationalError, path: str, what: str = "") -> sqlite3.OperationalError:
+    """sqlite3's 'unable to open database file' names no file: the error again, naming it
+    (`what`: e.g. 'queue file ') and its likely cause."""
+    why = "it is a folder, not a database file" if os.path.isdir(path) else \
+        "does its folder exist, and may this user write there?"
+    return sqlite3.OperationalError(f"{exc}: {what}{path} ({why})")
+
+
 def connect(path: str, durable: bool = True, timeout: float = 10.0,
             polls: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL journal.
@@ -108,10 +116,8 @@ def connect(path: str, durable: bool = True, timeout: float = 10.0,
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
                                check_same_thread=False, factory=Connection)
-    except sqlite3.OperationalError as exc:  # sqlite3 does not say which file
-        why = "it is a folder, not a database file" if os.path.isdir(path) else \
-            "does its folder exist, and may this user write there?"
-        raise sqlite3.OperationalError(f"{exc}: {path} ({why})") from None
+    except sqlite3.OperationalError as exc:
+        raise cannot_open(exc, path) from None
     conn.row_factory = sqlite3.Row
     conn.lock_timeout, conn.polls = timeout, polls
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
